@@ -1,0 +1,185 @@
+//! The event envelope: what a run emits, stored and delivered as one compact JSON object.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::error::InvalidInput;
+use crate::id::{RunId, SessionId};
+use crate::run::Timestamp;
+
+/// The envelope keys the engine sets on every event; a component's fields cannot override them.
+pub const ENVELOPE_KEYS: [&str; 5] = ["event", "run_id", "session_id", "created_at", "event_index"];
+
+/// One event of a run's log, rendered once.
+///
+/// Cloning is cheap (two reference counts), so one event fans out to any number of subscribers
+/// without copying its JSON. Every delivery of an event is this exact JSON text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Event {
+    index: u64,
+    event_type: Arc<str>,
+    json: Arc<str>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("index", &self.index)
+            .field("event_type", &self.event_type)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+/// Who an event belongs to and when it was made: the envelope around a component's fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The run whose id the event carries.
+    pub run_id: &'a RunId,
+    /// That run's session.
+    pub session_id: &'a SessionId,
+    /// When it was emitted.
+    pub created_at: Timestamp,
+}
+
+impl Event {
+    /// An event as a store returns it: its index, type and JSON text, trusted as written.
+    pub fn from_parts(
+        index: u64,
+        event_type: impl Into<Arc<str>>,
+        json: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            index,
+            event_type: event_type.into(),
+            json: json.into(),
+        }
+    }
+
+    /// Renders an event: `{"event", "run_id", "session_id", "created_at", "event_index", ...fields}`.
+    /// Fields named like an envelope key are left out.
+    pub fn render(
+        envelope: Envelope<'_>,
+        index: u64,
+        event_type: &str,
+        fields: &Map<String, Value>,
+    ) -> Self {
+        let mut json = String::with_capacity(128 + event_type.len() + 32 * fields.len());
+        json.push_str("{\"event\":");
+        push_json_str(&mut json, event_type);
+        json.push_str(",\"run_id\":");
+        push_json_str(&mut json, envelope.run_id.as_str());
+        json.push_str(",\"session_id\":");
+        push_json_str(&mut json, envelope.session_id.as_str());
+        json.push_str(",\"created_at\":");
+        json.push_str(&envelope.created_at.to_string());
+        json.push_str(",\"event_index\":");
+        json.push_str(&index.to_string());
+        for (key, value) in fields {
+            if ENVELOPE_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            json.push(',');
+            push_json_str(&mut json, key);
+            json.push(':');
+            // Writing JSON to a String cannot fail: `Value` serialises infallibly.
+            json.push_str(&value.to_string());
+        }
+        json.push('}');
+        Self {
+            index,
+            event_type: event_type.into(),
+            json: json.into(),
+        }
+    }
+
+    /// The same event under another index (a child's event forwarded into its parent's log): its
+    /// own `run_id` and fields are kept, `event_index` is replaced.
+    pub fn reindexed(&self, index: u64) -> Result<Self, InvalidInput> {
+        let mut object = self.fields()?;
+        object.insert("event_index".into(), Value::from(index));
+        Ok(Self {
+            index,
+            event_type: self.event_type.clone(),
+            json: Value::Object(object).to_string().into(),
+        })
+    }
+
+    /// Its `event_index`: 0 for a run's first event, then +1 for each next one.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Its type name (`RunStarted`, `RunContent`, ...).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The whole event as compact JSON.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The shared JSON text, for zero-copy delivery.
+    pub fn json_arc(&self) -> &Arc<str> {
+        &self.json
+    }
+
+    /// Parses the JSON into an object (envelope keys included).
+    pub fn fields(&self) -> Result<Map<String, Value>, InvalidInput> {
+        match serde_json::from_str::<Value>(&self.json) {
+            Ok(Value::Object(object)) => Ok(object),
+            Ok(_) => Err(InvalidInput::new("event JSON is not an object")),
+            Err(error) => Err(InvalidInput::new(format!("event JSON is invalid: {error}"))),
+        }
+    }
+
+    /// The `run_id` inside the JSON: a forwarded event carries its child's.
+    pub fn run_id(&self) -> Result<RunId, InvalidInput> {
+        match self.fields()?.remove("run_id") {
+            Some(Value::String(id)) => RunId::parse(id),
+            _ => Err(InvalidInput::new("event has no run_id")),
+        }
+    }
+}
+
+fn push_json_str(out: &mut String, value: &str) {
+    // A &str always serialises; serde_json escapes exactly as JSON requires.
+    if let Ok(quoted) = serde_json::to_string(value) {
+        out.push_str(&quoted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_puts_envelope_first_and_ignores_reserved_fields() {
+        let run_id = RunId::parse("r1").unwrap();
+        let session_id = SessionId::parse("s\"1").unwrap();
+        let mut fields = Map::new();
+        fields.insert("content".into(), Value::from("hi \n"));
+        fields.insert("event_index".into(), Value::from(99));
+        let event = Event::render(
+            Envelope {
+                run_id: &run_id,
+                session_id: &session_id,
+                created_at: 7,
+            },
+            3,
+            "RunContent",
+            &fields,
+        );
+        assert_eq!(
+            event.json(),
+            r#"{"event":"RunContent","run_id":"r1","session_id":"s\"1","created_at":7,"event_index":3,"content":"hi \n"}"#
+        );
+        assert_eq!(event.fields().unwrap()["event_index"], 3);
+        let moved = event.reindexed(12).unwrap();
+        assert_eq!(moved.index(), 12);
+        assert_eq!(moved.fields().unwrap()["event_index"], 12);
+        assert_eq!(moved.run_id().unwrap(), run_id);
+    }
+}

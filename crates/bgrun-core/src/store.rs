@@ -1,0 +1,104 @@
+//! The `Store` trait: everything bgrun persists goes through it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreResult;
+use crate::event::Event;
+use crate::id::RunId;
+use crate::run::{
+    CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp, Transition,
+    TransitionOutcome,
+};
+
+/// The most runs one `list_runs` page may hold.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Durable storage of runs, their events, cancel intents and leases.
+///
+/// Object safe: the engine holds an `Arc<dyn Store>`. A backend writes these methods and runs
+/// `bgrun_testkit::conformance` from one test to prove it keeps the contract:
+///
+/// - **Status writes are compare-and-set.** [`transition`](Store::transition) applies only when
+///   the run is in `from`; of two racing writers exactly one wins and the other gets
+///   [`TransitionOutcome::Conflict`].
+/// - **Event logs are gapless.** [`append_events`](Store::append_events) accepts only the run's
+///   next indices (0, 1, 2, ...) and keeps the run's `last_event_index` current in the same
+///   write; anything else is [`StoreError::IndexConflict`](crate::StoreError::IndexConflict).
+///   A terminal run takes no more events.
+/// - **Reads are exact.** [`read_events`](Store::read_events) returns the events after an index,
+///   in order, as they were written.
+/// - **Cancel intents outlive runs.** An intent can be recorded for a run that does not exist
+///   yet; [`create_run`](Store::create_run) reports it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Persists a new `PENDING` run.
+    ///
+    /// Fails with `RunExists` when the `run_id` is taken. When `idempotency_key` names a run
+    /// created within [`IDEMPOTENCY_WINDOW_SECS`](crate::IDEMPOTENCY_WINDOW_SECS), creates
+    /// nothing and returns [`CreateOutcome::Existing`]. Otherwise reports, in the same atomic
+    /// step, whether a cancel intent was already recorded for the id.
+    async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome>;
+
+    /// The run, or `None`.
+    async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>>;
+
+    /// Runs matching `filter`, newest first by creation order (ties by insertion order), at most
+    /// `limit` (1..=[`MAX_PAGE_SIZE`]), continuing after `cursor` (from a previous page).
+    /// A cursor this store did not hand out is `InvalidCursor`.
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<RunPage>;
+
+    /// Appends events to a non-terminal run's log. `events` must be non-empty and continue the
+    /// log exactly: the first index is the run's next, each next one +1.
+    async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()>;
+
+    /// Compare-and-set of the run's status, with `events` appended in the same atomic write
+    /// (a terminal transition stores the terminal event with the status). On `Conflict` nothing
+    /// is written. A transition the status machine forbids is `InvalidTransition`.
+    async fn transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+    ) -> StoreResult<TransitionOutcome>;
+
+    /// At most `limit` events with `event_index > after` (all when `after` is `None`), in order.
+    /// A run that does not exist has no events.
+    async fn read_events(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Records the intent to cancel `run_id`, whether or not the run exists yet. Idempotent.
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()>;
+
+    /// Whether a cancel intent is recorded for `run_id`.
+    async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool>;
+
+    /// Takes or renews the lease on a run for `owner`, lasting `ttl` from now. Granted when the
+    /// run has no lease, an expired one, or one of `owner`'s.
+    async fn acquire_lease(
+        &self,
+        run_id: &RunId,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant>;
+
+    /// Extends every live lease of `owner` to `ttl` from now; returns how many.
+    async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64>;
+
+    /// Drops `owner`'s lease on a run (a no-op when it holds none).
+    async fn release_lease(&self, run_id: &RunId, owner: &str) -> StoreResult<()>;
+
+    /// Up to `limit` `RUNNING` or `PAUSED` runs whose lease has lapsed, or that have none: runs
+    /// nobody executes any more, for recovery.
+    async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>>;
+}
