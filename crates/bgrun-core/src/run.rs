@@ -197,7 +197,7 @@ impl Transition {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionOutcome {
     /// The run was in `from`; it is now in `to`, and the events given with it are stored.
-    Applied(RunRecord),
+    Applied(Box<RunRecord>),
     /// The run was not in `from`; nothing was written.
     Conflict {
         /// The status it was in.
