@@ -1,0 +1,216 @@
+//! Reads: a small pool of read-only connections, used from `spawn_blocking`.
+//!
+//! In WAL mode readers never wait for the writer and see every committed write; the writer
+//! replies only after it commits, so a read that follows an acknowledged write sees it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bgrun_core::{Event, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::codec::{
+    decode_cursor, encode_cursor, index_from_sql, run_from_row, RUN_COLUMNS, RUN_COLUMNS_R,
+    SEQ_COLUMN,
+};
+use crate::schema;
+use crate::writer::now_millis;
+
+/// How many idle read connections are kept; more may be open at once under load.
+const MAX_IDLE: usize = 8;
+
+/// The read-only connections of one store.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::backend(context, e)
+}
+
+fn to_sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `read` on a pooled connection on tokio's blocking pool.
+    pub(crate) async fn with<T, F>(self: &Arc<Self>, read: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let result = read(&conn);
+            readers.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::backend("running a read", e))?
+    }
+
+    fn take(&self) -> StoreResult<Connection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => schema::open_reader(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// `Store::get_run`.
+pub(crate) fn get_run(conn: &Connection, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
+        .and_then(|mut stmt| stmt.query_row([run_id.as_str()], run_from_row).optional())
+        .map_err(sql("reading a run"))
+}
+
+/// `Store::list_runs`; `limit` is already within 1..=MAX_PAGE_SIZE.
+pub(crate) fn list_runs(
+    conn: &Connection,
+    filter: &RunFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> StoreResult<RunPage> {
+    let mut query = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1");
+    let mut args: Vec<Value> = Vec::with_capacity(7);
+    if let Some(session_id) = &filter.session_id {
+        query.push_str(" AND session_id = ?");
+        args.push(Value::Text(session_id.as_str().to_owned()));
+    }
+    if let Some(status) = filter.status {
+        query.push_str(" AND status = ?");
+        args.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(target) = &filter.target {
+        query.push_str(" AND kind = ? AND component_id = ?");
+        args.push(Value::Text(target.kind.as_str().to_owned()));
+        args.push(Value::Text(target.component_id.clone()));
+    }
+    if let Some(parent) = &filter.parent_run_id {
+        query.push_str(" AND parent_run_id = ?");
+        args.push(Value::Text(parent.as_str().to_owned()));
+    }
+    if let Some(cursor) = cursor {
+        let (created_at, seq) = decode_cursor(cursor)?;
+        query.push_str(" AND (created_at, seq) < (?, ?)");
+        args.push(Value::Integer(created_at));
+        args.push(Value::Integer(seq));
+    }
+    query.push_str(" ORDER BY created_at DESC, seq DESC LIMIT ?");
+    // One more than asked: whether it comes back says whether there is a next page.
+    args.push(Value::Integer(to_sql_limit(limit).saturating_add(1)));
+
+    let mut stmt = conn
+        .prepare_cached(&query)
+        .map_err(sql("preparing a run listing"))?;
+    let mut rows = stmt
+        .query(params_from_iter(args))
+        .map_err(sql("listing runs"))?;
+    let mut runs = Vec::with_capacity(limit.min(64));
+    let mut last_position = None;
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(sql("listing runs"))? {
+        if runs.len() == limit {
+            more = true;
+            break;
+        }
+        let run = run_from_row(row).map_err(sql("reading a listed run"))?;
+        let seq: i64 = row.get(SEQ_COLUMN).map_err(sql("reading a listed run"))?;
+        last_position = Some((run.created_at, seq));
+        runs.push(run);
+    }
+    let next_cursor = match last_position {
+        Some((created_at, seq)) if more => Some(encode_cursor(created_at, seq)),
+        _ => None,
+    };
+    Ok(RunPage { runs, next_cursor })
+}
+
+/// `Store::read_events`.
+pub(crate) fn read_events(
+    conn: &Connection,
+    run_id: &RunId,
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<Vec<Event>> {
+    let after = match after {
+        None => -1,
+        Some(after) => match i64::try_from(after) {
+            Ok(after) => after,
+            // No stored index is that large.
+            Err(_) => return Ok(Vec::new()),
+        },
+    };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT event_index, event_type, json FROM events \
+             WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND event_index > ?2 \
+             ORDER BY event_index LIMIT ?3",
+        )
+        .map_err(sql("preparing an event read"))?;
+    let mut rows = stmt
+        .query(params![run_id.as_str(), after, to_sql_limit(limit)])
+        .map_err(sql("reading events"))?;
+    let mut events = Vec::with_capacity(limit.min(1024));
+    while let Some(row) = rows.next().map_err(sql("reading events"))? {
+        let event = (|| {
+            let index = index_from_sql(row.get(0)?, 0)?;
+            let event_type = row.get_ref(1)?.as_str()?;
+            let json = row.get_ref(2)?.as_str()?;
+            Ok::<_, rusqlite::Error>(Event::from_parts(index, event_type, json))
+        })()
+        .map_err(sql("reading an event"))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// `Store::cancel_requested`.
+pub(crate) fn cancel_requested(conn: &Connection, run_id: &RunId) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_intents WHERE run_id = ?1)")
+        .and_then(|mut stmt| stmt.query_row([run_id.as_str()], |row| row.get(0)))
+        .map_err(sql("checking for a cancel intent"))
+}
+
+/// `Store::orphaned_runs`: `RUNNING` or `PAUSED`, and no live lease; oldest first.
+pub(crate) fn orphaned_runs(conn: &Connection, limit: usize) -> StoreResult<Vec<RunRecord>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS_R} FROM runs r LEFT JOIN leases l ON l.run_id = r.run_id \
+             WHERE r.status IN ('RUNNING', 'PAUSED') \
+             AND (l.run_id IS NULL OR l.expires_at <= ?1) \
+             ORDER BY r.seq LIMIT ?2"
+        ))
+        .map_err(sql("preparing the orphan query"))?;
+    let runs = stmt
+        .query_map(params![now_millis(), to_sql_limit(limit)], run_from_row)
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(sql("finding orphaned runs"))?;
+    Ok(runs)
+}

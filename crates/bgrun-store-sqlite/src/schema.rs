@@ -1,0 +1,205 @@
+//! Connection settings and versioned migrations.
+//!
+//! The schema version is SQLite's `PRAGMA user_version`: migration `n` (1-based) brings the
+//! database from version `n - 1` to `n`. Pending migrations run in one transaction together with
+//! the version bump, so a crash leaves the database at the old version or the new one. Reopening
+//! an up-to-date database runs nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bgrun_core::StoreError;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+/// The migrations, oldest first. Never edit one that has shipped: append a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: runs, events, cancel intents, leases.
+    r#"
+    CREATE TABLE runs (
+        seq                INTEGER PRIMARY KEY,
+        run_id             TEXT NOT NULL UNIQUE,
+        session_id         TEXT NOT NULL,
+        user_id            TEXT,
+        kind               TEXT NOT NULL,
+        component_id       TEXT NOT NULL,
+        parent_run_id      TEXT,
+        status             TEXT NOT NULL,
+        input              TEXT NOT NULL,
+        params             TEXT NOT NULL,
+        content            TEXT,
+        error              TEXT,
+        cancellation_stage TEXT,
+        metadata           TEXT,
+        idempotency_key    TEXT,
+        created_at         INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL,
+        last_event_index   INTEGER
+    );
+    CREATE UNIQUE INDEX runs_idempotency_key ON runs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    -- list_runs pages newest first by (created_at, seq); seq is the rowid, the implicit last
+    -- column of every index.
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE INDEX runs_session ON runs (session_id, created_at);
+    CREATE INDEX runs_status ON runs (status, created_at);
+    CREATE INDEX runs_target ON runs (kind, component_id, created_at);
+    CREATE INDEX runs_parent ON runs (parent_run_id, created_at)
+        WHERE parent_run_id IS NOT NULL;
+
+    -- Keyed by the run's seq, not its text id: a compact key makes long logs cheap to write.
+    CREATE TABLE events (
+        run_seq     INTEGER NOT NULL,
+        event_index INTEGER NOT NULL,
+        event_type  TEXT NOT NULL,
+        json        TEXT NOT NULL,
+        PRIMARY KEY (run_seq, event_index)
+    ) WITHOUT ROWID;
+
+    -- No foreign key: an intent may precede its run.
+    CREATE TABLE cancel_intents (
+        run_id       TEXT PRIMARY KEY,
+        requested_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- expires_at: Unix milliseconds.
+    CREATE TABLE leases (
+        run_id     TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX leases_owner ON leases (owner, expires_at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn backend(context: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::backend(context, e)
+}
+
+/// Opens the read-write connection of the writer thread: WAL, `synchronous = NORMAL`.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| StoreError::backend(format!("opening {}", path.display()), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(backend("setting busy_timeout"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(backend("enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::backend(
+            "enabling WAL",
+            format!("SQLite kept journal_mode {mode:?}"),
+        ));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16000;",
+    )
+    .map_err(backend("configuring the connection"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens a read-only connection for the reader pool.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| StoreError::backend(format!("opening {} to read", path.display()), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(backend("setting busy_timeout"))?;
+    conn.execute_batch("PRAGMA cache_size = -8000;")
+        .map_err(backend("configuring a reader"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Brings the schema up to [`latest_version`]; returns how many migrations ran.
+///
+/// A database written by a newer build (a higher version than this build knows) is refused
+/// rather than guessed at.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend("starting the migration"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(backend("reading the schema version"))?;
+    let latest = latest_version();
+    if version > latest {
+        return Err(StoreError::backend(
+            "checking the schema version",
+            format!(
+                "the database has schema version {version}, newer than this build's {latest}; \
+                 upgrade bgrun"
+            ),
+        ));
+    }
+    let pending = &MIGRATIONS[usize::try_from(version).unwrap_or(0)..];
+    for (offset, sql) in pending.iter().enumerate() {
+        let to = version + 1 + offset as i64;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::backend(format!("migrating to schema version {to}"), e))?;
+    }
+    if !pending.is_empty() {
+        // PRAGMA takes no parameters; `latest` is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {latest}"))
+            .map_err(backend("writing the schema version"))?;
+    }
+    tx.commit().map_err(backend("committing the migration"))?;
+    Ok(pending.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = open_writer(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        drop(conn);
+        let mut conn = open_writer(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, latest_version());
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = open_writer(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", latest_version() + 1))
+            .unwrap();
+        let error = migrate(&mut conn).unwrap_err();
+        assert!(error.to_string().contains("newer"), "{error}");
+    }
+}
