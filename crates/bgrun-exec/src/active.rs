@@ -1,0 +1,97 @@
+//! The state an engine keeps for a run it executes: its log writer, content, cancellation.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bgrun_buffer::{LogError, StreamWriter};
+use bgrun_core::{Envelope, Event, RunId, RunKind, RunStatus, SessionId};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One run this engine executes (or has queued).
+#[derive(Debug)]
+pub(crate) struct ActiveRun {
+    pub(crate) run_id: RunId,
+    pub(crate) session_id: SessionId,
+    pub(crate) kind: RunKind,
+    pub(crate) writer: StreamWriter<RunId>,
+    content: Mutex<String>,
+    /// Fired by a cancel request (or a failed store write): the component's future is dropped.
+    pub(crate) cancel: CancellationToken,
+    /// The status as this engine knows it; terminal once the run's end is stored.
+    pub(crate) status: watch::Sender<RunStatus>,
+    store_failure: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ActiveRun {
+    pub(crate) fn new(
+        run_id: RunId,
+        session_id: SessionId,
+        kind: RunKind,
+        writer: StreamWriter<RunId>,
+        content: String,
+    ) -> Self {
+        Self {
+            run_id,
+            session_id,
+            kind,
+            writer,
+            content: Mutex::new(content),
+            cancel: CancellationToken::new(),
+            status: watch::Sender::new(RunStatus::Pending),
+            store_failure: Mutex::new(None),
+        }
+    }
+
+    /// Renders an event of this run for the next index.
+    pub(crate) fn render(
+        &self,
+        index: u64,
+        event_type: &str,
+        fields: &Map<String, Value>,
+    ) -> Event {
+        Event::render(
+            Envelope {
+                run_id: &self.run_id,
+                session_id: &self.session_id,
+                created_at: bgrun_core::now(),
+            },
+            index,
+            event_type,
+            fields,
+        )
+    }
+
+    /// Appends an event of this run, counting its content when it is a content event.
+    pub(crate) async fn emit(
+        &self,
+        event_type: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<u64, LogError> {
+        if event_type == self.kind.content_event() {
+            if let Some(Value::String(text)) = fields.get("content") {
+                lock(&self.content).push_str(text);
+            }
+        }
+        self.writer
+            .append(|index| self.render(index, event_type, fields))
+            .await
+    }
+
+    pub(crate) fn content(&self) -> String {
+        lock(&self.content).clone()
+    }
+
+    pub(crate) fn set_store_failure(&self, message: String) {
+        lock(&self.store_failure).get_or_insert(message);
+        self.cancel.cancel();
+    }
+
+    pub(crate) fn store_failure(&self) -> Option<String> {
+        lock(&self.store_failure).clone()
+    }
+}

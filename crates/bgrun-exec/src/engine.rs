@@ -1,0 +1,388 @@
+//! The engine: starts, reads, cancels and resumes runs over a store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bgrun_buffer::EventLog;
+use bgrun_core::{
+    validate_params, CreateOutcome, NewRun, RunFilter, RunId, RunKind, RunPage, RunRecord,
+    RunStatus, RunTarget, SessionId, Store,
+};
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::active::ActiveRun;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, EngineResult};
+use crate::registry::{Registered, Registry};
+use crate::resume::{EventStream, MetaFrame, Resume};
+use crate::runner::{self, Launch};
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// The component.
+    pub target: RunTarget,
+    /// The input message.
+    pub input: String,
+    /// Parameters as sent (JSON values or strings); validated against the component.
+    pub params: Map<String, Value>,
+    /// A client-chosen id (needed to cancel before start); generated when `None`.
+    pub run_id: Option<RunId>,
+    /// The session; generated when `None`.
+    pub session_id: Option<SessionId>,
+    /// The owner.
+    pub user_id: Option<String>,
+    /// Stored with the run.
+    pub metadata: Option<Value>,
+    /// The run that starts this one.
+    pub parent_run_id: Option<RunId>,
+    /// A repeated start with the same key returns the first run.
+    pub idempotency_key: Option<String>,
+}
+
+impl StartRequest {
+    /// A run of `target` with this input and nothing else set.
+    pub fn new(target: RunTarget, input: impl Into<String>) -> Self {
+        Self {
+            target,
+            input: input.into(),
+            params: Map::new(),
+            run_id: None,
+            session_id: None,
+            user_id: None,
+            metadata: None,
+            parent_run_id: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// An agent run.
+    pub fn agent(id: &str, input: impl Into<String>) -> Self {
+        Self::new(RunTarget::new(RunKind::Agent, id), input)
+    }
+
+    /// With a parameter.
+    pub fn param(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.params.insert(name.into(), value.into());
+        self
+    }
+
+    /// With a chosen run id.
+    pub fn run_id(mut self, run_id: RunId) -> Self {
+        self.run_id = Some(run_id);
+        self
+    }
+
+    /// In a session.
+    pub fn session_id(mut self, session_id: SessionId) -> Self {
+        self.session_id = Some(session_id);
+        self
+    }
+
+    /// With an idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// What `start` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    /// The run, as persisted (`PENDING` when just created).
+    pub run: RunRecord,
+    /// False when the idempotency key named an earlier run.
+    pub created: bool,
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOutcome {
+    /// The run.
+    pub run_id: RunId,
+    /// Its status when the answer was made.
+    pub status: RunStatus,
+    /// False when the run had already ended otherwise.
+    pub cancelled: bool,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Registry,
+    pub(crate) log: EventLog<RunId>,
+    pub(crate) slots: Arc<Semaphore>,
+    active: Mutex<HashMap<RunId, Arc<ActiveRun>>>,
+    pub(crate) tracker: TaskTracker,
+    /// Fired at shutdown: no new runs, background loops stop.
+    pub(crate) closing: CancellationToken,
+    /// Fired when the shutdown grace period is over: runs still executing are interrupted.
+    pub(crate) interrupt: CancellationToken,
+    pub(crate) config: EngineConfig,
+}
+
+impl EngineInner {
+    fn active_map(&self) -> MutexGuard<'_, HashMap<RunId, Arc<ActiveRun>>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn active(&self, run_id: &RunId) -> Option<Arc<ActiveRun>> {
+        self.active_map().get(run_id).cloned()
+    }
+
+    pub(crate) fn insert_active(&self, run: Arc<ActiveRun>) {
+        self.active_map().insert(run.run_id.clone(), run);
+    }
+
+    pub(crate) fn remove_active(&self, run_id: &RunId) {
+        self.active_map().remove(run_id);
+    }
+
+    pub(crate) fn component(&self, target: &RunTarget) -> EngineResult<&Registered> {
+        self.registry
+            .get(target.kind, &target.component_id)
+            .ok_or_else(|| EngineError::UnknownComponent(target.clone()))
+    }
+}
+
+/// Runs components in the background over a [`Store`]: durable, cancellable, resumable.
+///
+/// Cloning is cheap and shares the engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("registry", &self.inner.registry)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens an engine over `store`, taking over what a dead process left behind (runs it
+    /// executed end `ERROR` "interrupted" or run again when retryable; `PENDING` runs are queued
+    /// again), and starts its background tasks (eviction, leases, recovery).
+    pub async fn open(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> EngineResult<Self> {
+        let inner = Arc::new(EngineInner {
+            store,
+            registry,
+            log: EventLog::new(config.log.clone()),
+            slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            active: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            closing: CancellationToken::new(),
+            interrupt: CancellationToken::new(),
+            config,
+        });
+        let engine = Self { inner };
+        crate::recovery::recover_at_open(&engine).await?;
+        crate::recovery::spawn_background(&engine);
+        Ok(engine)
+    }
+
+    /// The registered components.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The store under this engine.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Persists a `PENDING` run and returns it at once; the run executes in a detached task
+    /// that outlives the caller.
+    pub async fn start(&self, request: StartRequest) -> EngineResult<Started> {
+        if self.inner.closing.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let component = self.inner.component(&request.target)?.clone();
+        let params = validate_params(&component.info.params, &request.params)?;
+        let new_run = NewRun {
+            run_id: request.run_id.unwrap_or_else(RunId::generate),
+            session_id: request.session_id.unwrap_or_else(SessionId::generate),
+            user_id: request.user_id,
+            target: request.target,
+            parent_run_id: request.parent_run_id,
+            input: request.input,
+            params,
+            metadata: request.metadata,
+            idempotency_key: request.idempotency_key,
+            created_at: bgrun_core::now(),
+        };
+        match self.inner.store.create_run(new_run).await? {
+            CreateOutcome::Existing(run) => Ok(Started {
+                run,
+                created: false,
+            }),
+            CreateOutcome::Created {
+                run,
+                cancel_requested,
+            } => {
+                runner::launch(
+                    &self.inner,
+                    Launch {
+                        record: run.clone(),
+                        component,
+                        cancel_requested,
+                    },
+                )
+                .await?;
+                Ok(Started { run, created: true })
+            }
+        }
+    }
+
+    /// The run, with its content so far while it executes here.
+    pub async fn get_run(&self, run_id: &RunId) -> EngineResult<Option<RunRecord>> {
+        let Some(mut run) = self.inner.store.get_run(run_id).await? else {
+            return Ok(None);
+        };
+        if !run.has_completed() {
+            if let Some(active) = self.inner.active(run_id) {
+                if run.status == RunStatus::Running {
+                    run.content = Some(active.content());
+                }
+                run.last_event_index = active.writer.durable().checked_sub(1);
+            } else if run.status == RunStatus::Running {
+                run.content = Some(crate::recovery::stored_content(self, &run).await?);
+            }
+        }
+        Ok(Some(run))
+    }
+
+    /// Runs matching `filter`, newest first; see [`Store::list_runs`].
+    pub async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> EngineResult<RunPage> {
+        Ok(self.inner.store.list_runs(filter, limit, cursor).await?)
+    }
+
+    /// Cancels a run: a `PENDING` one never starts, a `RUNNING` one stops at its next await point
+    /// and keeps its partial content, an unknown `run_id` gets a durable intent so that a run
+    /// started later with that id ends `CANCELLED` without running. A terminal run is left as
+    /// it is (`cancelled: false`).
+    pub async fn cancel(&self, run_id: &RunId) -> EngineResult<CancelOutcome> {
+        let inner = &self.inner;
+        inner
+            .store
+            .request_cancel(run_id, bgrun_core::now())
+            .await?;
+        if let Some(active) = inner.active(run_id) {
+            let mut status = active.status.subscribe();
+            if !status.borrow().is_terminal() {
+                active.cancel.cancel();
+                let _ = tokio::time::timeout(
+                    inner.config.cancel_wait,
+                    status.wait_for(|status| status.is_terminal()),
+                )
+                .await;
+            }
+            let now = *status.borrow();
+            return Ok(CancelOutcome {
+                run_id: run_id.clone(),
+                status: now,
+                cancelled: !now.is_terminal() || now == RunStatus::Cancelled,
+            });
+        }
+        let outcome = match inner.store.get_run(run_id).await? {
+            None => CancelOutcome {
+                run_id: run_id.clone(),
+                status: RunStatus::Cancelled,
+                cancelled: true,
+            },
+            Some(run) if run.has_completed() => CancelOutcome {
+                run_id: run_id.clone(),
+                status: run.status,
+                cancelled: false,
+            },
+            Some(run) if run.status == RunStatus::Pending => {
+                runner::cancel_stored_pending(inner, &run).await?
+            }
+            // Executed by another engine: the intent reaches it through the store.
+            Some(run) => CancelOutcome {
+                run_id: run_id.clone(),
+                status: run.status,
+                cancelled: true,
+            },
+        };
+        Ok(outcome)
+    }
+
+    /// Resumes a run's stream after `last_event_index` (from the start when `None`): the meta
+    /// frame(s) of the resume protocol, then exactly the events after that index, in order, each
+    /// once, ending with the terminal event, from memory or from the store.
+    pub async fn resume(
+        &self,
+        run_id: &RunId,
+        last_event_index: Option<u64>,
+    ) -> EngineResult<Resume> {
+        crate::resume::open(self, run_id, last_event_index).await
+    }
+
+    /// The run's events after `last_event_index`, to its terminal event, without meta frames.
+    pub fn events(&self, run_id: &RunId, last_event_index: Option<u64>) -> EventStream {
+        EventStream::new(self.clone(), run_id.clone(), last_event_index)
+    }
+
+    /// Waits until the run is terminal and returns it.
+    pub async fn wait(&self, run_id: &RunId) -> EngineResult<RunRecord> {
+        if let Some(active) = self.inner.active(run_id) {
+            let mut status = active.status.subscribe();
+            let _ = status.wait_for(|status| status.is_terminal()).await;
+        } else {
+            use futures::StreamExt;
+            let mut events = self.events(run_id, None);
+            while let Some(event) = events.next().await {
+                event?;
+            }
+        }
+        self.get_run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))
+    }
+
+    /// Stops taking runs, lets executing ones finish for up to `grace`, then interrupts the rest
+    /// (they end `ERROR` "interrupted", or stay `RUNNING` with their lease released when their
+    /// component is retryable, for another engine to run again). Queued runs stay `PENDING`.
+    /// Waits for every task the engine spawned.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.closing.cancel();
+        inner.tracker.close();
+        if tokio::time::timeout(grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            inner.interrupt.cancel();
+            inner.tracker.wait().await;
+        }
+    }
+
+    /// Runs executing or queued in this process.
+    pub fn active_runs(&self) -> usize {
+        self.inner.active_map().len()
+    }
+
+    /// Meta frame for a run that cannot be read.
+    pub(crate) fn error_frame(run_id: &RunId, error: impl Into<String>) -> MetaFrame {
+        MetaFrame::Error {
+            run_id: run_id.clone(),
+            error: error.into(),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Taking over what a dead process left: its `RUNNING` runs end `ERROR` "interrupted" (or run
+//! again when retryable), its `PENDING` ones are queued again. Also the engine's background
+//! tasks: eviction, lease renewal, and the search for lapsed leases.
+
+use bgrun_core::{
+    Event, LeaseGrant, Outcome, RunFilter, RunRecord, RunStatus, Transition, TransitionOutcome,
+};
+use serde_json::{Map, Value};
+
+use crate::engine::Engine;
+use crate::error::EngineResult;
+use crate::runner::{self, Launch};
+
+/// How many runs one recovery round looks at.
+const RECOVERY_BATCH: usize = 100;
+
+/// At open: recovers every orphaned run, then queues every `PENDING` run in creation order.
+pub(crate) async fn recover_at_open(engine: &Engine) -> EngineResult<()> {
+    if engine.inner.config.exclusive_store {
+        // Nobody else can be executing these: this process holds the store alone.
+        for status in [RunStatus::Running, RunStatus::Paused] {
+            for run in all_runs(engine, status).await? {
+                recover_run(engine, run).await?;
+            }
+        }
+    }
+    recover_orphans(engine).await?;
+    let mut pending = all_runs(engine, RunStatus::Pending).await?;
+    pending.reverse();
+    for run in pending {
+        if engine.inner.active(&run.run_id).is_some() {
+            continue;
+        }
+        let Ok(component) = engine.inner.component(&run.target).cloned() else {
+            tracing::warn!(run_id = %run.run_id, target = %run.target, "queued run of an unknown component left PENDING");
+            continue;
+        };
+        let cancel_requested = engine.inner.store.cancel_requested(&run.run_id).await?;
+        runner::launch(
+            &engine.inner,
+            Launch {
+                record: run,
+                component,
+                cancel_requested,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn all_runs(engine: &Engine, status: RunStatus) -> EngineResult<Vec<RunRecord>> {
+    let filter = RunFilter {
+        status: Some(status),
+        ..RunFilter::default()
+    };
+    let mut runs = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = engine
+            .inner
+            .store
+            .list_runs(&filter, bgrun_core::MAX_PAGE_SIZE, cursor.as_deref())
+            .await?;
+        runs.extend(page.runs);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(runs),
+        }
+    }
+}
+
+/// Recovers runs whose lease lapsed; returns how many.
+pub(crate) async fn recover_orphans(engine: &Engine) -> EngineResult<usize> {
+    let mut recovered = 0;
+    loop {
+        let orphans = engine.inner.store.orphaned_runs(RECOVERY_BATCH).await?;
+        let found = orphans.len();
+        let mut taken = 0;
+        for run in orphans {
+            if engine.inner.active(&run.run_id).is_some() {
+                continue;
+            }
+            if recover_run(engine, run).await? {
+                taken += 1;
+            }
+        }
+        recovered += taken;
+        if found < RECOVERY_BATCH || taken == 0 {
+            return Ok(recovered);
+        }
+    }
+}
+
+/// Takes one orphaned run: leases it, then runs it again or ends it "interrupted". False when
+/// another engine got it first.
+async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
+    let inner = &engine.inner;
+    let owner = &inner.config.owner;
+    if inner
+        .store
+        .acquire_lease(&run.run_id, owner, inner.config.lease_ttl)
+        .await?
+        != LeaseGrant::Granted
+    {
+        return Ok(false);
+    }
+    let component = inner.component(&run.target).ok().cloned();
+    if let Some(component) = component.filter(|component| component.info.retryable) {
+        tracing::info!(run_id = %run.run_id, "running an interrupted run again");
+        runner::launch(
+            inner,
+            Launch {
+                record: run,
+                component,
+                cancel_requested: false,
+            },
+        )
+        .await?;
+        return Ok(true);
+    }
+    let content = stored_content(engine, &run).await?;
+    let mut fields = Map::new();
+    fields.insert("content".into(), Value::String("interrupted".into()));
+    fields.insert("error".into(), Value::String("interrupted".into()));
+    let terminal = runner::terminal_event(&run, Outcome::Error, &fields);
+    let transition = Transition {
+        content: Some(if content.is_empty() {
+            "interrupted".to_owned()
+        } else {
+            content
+        }),
+        error: Some("interrupted".into()),
+        ..Transition::new(run.status, RunStatus::Error)
+    };
+    let outcome = inner
+        .store
+        .transition(&run.run_id, &transition, std::slice::from_ref(&terminal))
+        .await?;
+    let _ = inner.store.release_lease(&run.run_id, owner).await;
+    if let TransitionOutcome::Applied(_) = outcome {
+        tracing::info!(run_id = %run.run_id, "interrupted run ended ERROR");
+    }
+    Ok(outcome.applied())
+}
+
+/// The concatenation of a run's own content events, read from the store.
+pub(crate) async fn stored_content(engine: &Engine, run: &RunRecord) -> EngineResult<String> {
+    let content_event = run.target.kind.content_event();
+    let mut content = String::new();
+    let mut after = None;
+    loop {
+        let events = engine
+            .inner
+            .store
+            .read_events(&run.run_id, after, 1000)
+            .await?;
+        let Some(last) = events.last() else {
+            return Ok(content);
+        };
+        after = Some(last.index());
+        for event in events
+            .iter()
+            .filter(|event| event.event_type() == content_event)
+        {
+            content.push_str(&own_content(event, run).unwrap_or_default());
+        }
+    }
+}
+
+/// An event's `content` when it is the run's own (not forwarded from a child).
+fn own_content(event: &Event, run: &RunRecord) -> Option<String> {
+    let mut fields = event.fields().ok()?;
+    if fields.get("run_id").and_then(Value::as_str) != Some(run.run_id.as_str()) {
+        return None;
+    }
+    match fields.remove("content") {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// Spawns eviction, lease renewal and orphan recovery; all stop at shutdown.
+pub(crate) fn spawn_background(engine: &Engine) {
+    let inner = &engine.inner;
+    inner.tracker.spawn(
+        inner
+            .log
+            .clone()
+            .run_evictor(inner.config.eviction_period, inner.closing.clone()),
+    );
+    let engine = engine.clone();
+    inner.tracker.spawn(async move {
+        let inner = &engine.inner;
+        let mut ticker = tokio::time::interval(inner.config.lease_renew_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = inner.closing.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(error) = inner
+                .store
+                .renew_leases(&inner.config.owner, inner.config.lease_ttl)
+                .await
+            {
+                tracing::warn!(%error, "cannot renew leases");
+            }
+            if let Err(error) = recover_orphans(&engine).await {
+                tracing::warn!(%error, "cannot recover orphaned runs");
+            }
+        }
+    });
+}

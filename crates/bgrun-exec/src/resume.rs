@@ -1,0 +1,406 @@
+//! Resuming a run's stream: the meta frame, then exactly the events after an index, from memory
+//! or from the store.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bgrun_buffer::{Batch, Subscription};
+use bgrun_core::{Event, RunId, RunStatus};
+use futures::future::BoxFuture;
+use futures::Stream;
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::error::{EngineError, EngineResult};
+
+/// How many events one store read takes.
+const STORE_PAGE: usize = 1000;
+/// How many events one read from memory takes.
+const MEMORY_BATCH: usize = 1024;
+
+/// A resume stream's meta frame, sent before its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaFrame {
+    /// The run is not terminal and events were missed; they follow, then live ones.
+    CatchUp {
+        /// The run.
+        run_id: RunId,
+        /// Its current status.
+        status: RunStatus,
+        /// Events after the requested index up to now.
+        missed_events: u64,
+        /// Events the run has emitted so far.
+        current_event_count: u64,
+    },
+    /// The run is not terminal: the missed events, then live ones, follow.
+    Subscribed {
+        /// The run.
+        run_id: RunId,
+        /// Its current status.
+        status: RunStatus,
+        /// Events the run has emitted so far.
+        current_event_count: u64,
+    },
+    /// The run is terminal: every event after the requested index follows, then the end.
+    Replay {
+        /// The run.
+        run_id: RunId,
+        /// Its terminal status.
+        status: RunStatus,
+        /// How many events follow.
+        total_events: u64,
+        /// The index asked for, -1 for none.
+        last_event_index_requested: i64,
+    },
+    /// The run does not exist or cannot be read; nothing follows.
+    Error {
+        /// The run.
+        run_id: RunId,
+        /// Why.
+        error: String,
+    },
+}
+
+impl MetaFrame {
+    /// The frame's name: `catch_up`, `subscribed`, `replay` or `error`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CatchUp { .. } => "catch_up",
+            Self::Subscribed { .. } => "subscribed",
+            Self::Replay { .. } => "replay",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// The frame's JSON data, as the HTTP API sends it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::CatchUp {
+                run_id,
+                status,
+                missed_events,
+                current_event_count,
+            } => json!({"event": "catch_up", "run_id": run_id, "status": status,
+                "missed_events": missed_events, "current_event_count": current_event_count}),
+            Self::Subscribed {
+                run_id,
+                status,
+                current_event_count,
+            } => json!({"event": "subscribed", "run_id": run_id, "status": status,
+                "current_event_count": current_event_count}),
+            Self::Replay {
+                run_id,
+                status,
+                total_events,
+                last_event_index_requested,
+            } => json!({"event": "replay", "run_id": run_id, "status": status,
+                "total_events": total_events,
+                "last_event_index_requested": last_event_index_requested}),
+            Self::Error { run_id, error } => {
+                json!({"event": "error", "run_id": run_id, "error": error})
+            }
+        }
+    }
+}
+
+/// A resumed stream: meta frames first, then the events.
+#[derive(Debug)]
+pub struct Resume {
+    /// The meta frames, in order.
+    pub meta: Vec<MetaFrame>,
+    /// The events after the requested index, to the terminal one (empty after an `error` frame).
+    pub events: EventStream,
+}
+
+pub(crate) async fn open(
+    engine: &Engine,
+    run_id: &RunId,
+    last_event_index: Option<u64>,
+) -> EngineResult<Resume> {
+    let requested = last_event_index.map_or(-1, |index| index as i64);
+    let next = last_event_index.map_or(0, |index| index + 1);
+    let run = match engine.inner.store.get_run(run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => {
+            return Ok(Resume {
+                meta: vec![Engine::error_frame(
+                    run_id,
+                    format!("run {run_id} not found"),
+                )],
+                events: EventStream::empty(engine.clone(), run_id.clone()),
+            })
+        }
+        Err(error) => {
+            return Ok(Resume {
+                meta: vec![Engine::error_frame(run_id, error.to_string())],
+                events: EventStream::empty(engine.clone(), run_id.clone()),
+            })
+        }
+    };
+    // A run executing here is ahead of the store's record: ask its log.
+    let (status, count) = match engine.inner.active(run_id) {
+        Some(active) => (*active.status.borrow(), active.writer.durable()),
+        None => (run.status, run.event_count()),
+    };
+    let status = if status.is_terminal() {
+        status
+    } else {
+        run.status.max_progress(status)
+    };
+    let meta = if status.is_terminal() {
+        let run = match engine.inner.store.get_run(run_id).await? {
+            Some(run) => run,
+            None => run,
+        };
+        vec![MetaFrame::Replay {
+            run_id: run_id.clone(),
+            status: run.status,
+            total_events: run.event_count().saturating_sub(next),
+            last_event_index_requested: requested,
+        }]
+    } else {
+        let mut frames = Vec::with_capacity(2);
+        if count > next {
+            frames.push(MetaFrame::CatchUp {
+                run_id: run_id.clone(),
+                status,
+                missed_events: count - next,
+                current_event_count: count,
+            });
+        }
+        frames.push(MetaFrame::Subscribed {
+            run_id: run_id.clone(),
+            status,
+            current_event_count: count,
+        });
+        frames
+    };
+    Ok(Resume {
+        meta,
+        events: EventStream::new(engine.clone(), run_id.clone(), last_event_index),
+    })
+}
+
+trait MaxProgress {
+    fn max_progress(self, other: RunStatus) -> RunStatus;
+}
+
+impl MaxProgress for RunStatus {
+    /// Of two non-terminal views of one run, the one further along.
+    fn max_progress(self, other: RunStatus) -> RunStatus {
+        if self == RunStatus::Pending {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A run's events after an index, in order, each once, ending after its terminal event.
+///
+/// Reads memory while the run's log is there and the store for what memory no longer holds,
+/// switching between the two without a gap.
+pub struct EventStream {
+    engine: Engine,
+    run_id: RunId,
+    next: u64,
+    subscription: Option<Subscription>,
+    ready: VecDeque<Event>,
+    done: bool,
+    idle_polls: u32,
+    pending: Option<BoxFuture<'static, (FetchState, EngineResult<Vec<Event>>)>>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("run_id", &self.run_id)
+            .field("next", &self.next)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a fetch needs and hands back.
+struct FetchState {
+    engine: Engine,
+    run_id: RunId,
+    next: u64,
+    subscription: Option<Subscription>,
+    done: bool,
+    idle_polls: u32,
+}
+
+impl EventStream {
+    pub(crate) fn new(engine: Engine, run_id: RunId, last_event_index: Option<u64>) -> Self {
+        let subscription = engine.inner.log.subscribe(&run_id, last_event_index);
+        Self {
+            engine,
+            run_id,
+            next: last_event_index.map_or(0, |index| index + 1),
+            subscription,
+            ready: VecDeque::new(),
+            done: false,
+            idle_polls: 0,
+            pending: None,
+        }
+    }
+
+    fn empty(engine: Engine, run_id: RunId) -> Self {
+        let mut stream = Self::new(engine, run_id, None);
+        stream.subscription = None;
+        stream.done = true;
+        stream
+    }
+
+    /// The index of the next event this stream yields.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Waits for the next batch of events (empty once the stream has ended).
+    pub async fn next_batch(&mut self) -> EngineResult<Vec<Event>> {
+        if !self.ready.is_empty() {
+            let batch: Vec<Event> = self.ready.drain(..).collect();
+            return Ok(batch);
+        }
+        if let Some(pending) = self.pending.take() {
+            let (state, result) = pending.await;
+            self.restore(state);
+            return result;
+        }
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let (state, result) = fetch(self.take_state()).await;
+        self.restore(state);
+        result
+    }
+
+    fn take_state(&mut self) -> FetchState {
+        FetchState {
+            engine: self.engine.clone(),
+            run_id: self.run_id.clone(),
+            next: self.next,
+            subscription: self.subscription.take(),
+            done: self.done,
+            idle_polls: self.idle_polls,
+        }
+    }
+
+    fn restore(&mut self, state: FetchState) {
+        self.next = state.next;
+        self.subscription = state.subscription;
+        self.done = state.done;
+        self.idle_polls = state.idle_polls;
+    }
+}
+
+/// Fetches the next batch: from memory, from the store where memory lacks it, and tells the end.
+async fn fetch(mut state: FetchState) -> (FetchState, EngineResult<Vec<Event>>) {
+    let result = fetch_inner(&mut state).await;
+    if let Ok(events) = &result {
+        if let Some(last) = events.last() {
+            state.next = last.index() + 1;
+        }
+    }
+    if result.is_err() {
+        state.done = true;
+    }
+    (state, result)
+}
+
+async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
+    let store = state.engine.inner.store.clone();
+    loop {
+        if state.done {
+            return Ok(Vec::new());
+        }
+        if let Some(subscription) = state.subscription.as_mut() {
+            subscription.seek(state.next);
+            match subscription.next_batch(MEMORY_BATCH).await {
+                Batch::Events(events) => return Ok(events),
+                Batch::Evicted { from, to } => {
+                    let limit = ((to - from) as usize).min(STORE_PAGE);
+                    let events = store
+                        .read_events(&state.run_id, from.checked_sub(1), limit)
+                        .await?;
+                    if events.first().map(Event::index) != Some(from) {
+                        return Err(EngineError::Store(bgrun_core::StoreError::backend(
+                            format!("reading run {} from {from}", state.run_id),
+                            "the store lacks events that left memory",
+                        )));
+                    }
+                    return Ok(events);
+                }
+                Batch::End => {
+                    // The log is closed; anything past it (a log taken out of memory) is in the
+                    // store, which the next round reads.
+                    state.subscription = None;
+                    continue;
+                }
+            }
+        }
+        let events = store
+            .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
+            .await?;
+        if !events.is_empty() {
+            state.idle_polls = 0;
+            return Ok(events);
+        }
+        let Some(run) = store.get_run(&state.run_id).await? else {
+            state.done = true;
+            return Ok(Vec::new());
+        };
+        if run.has_completed() && state.next >= run.event_count() {
+            state.done = true;
+            return Ok(Vec::new());
+        }
+        if let Some(subscription) = state
+            .engine
+            .inner
+            .log
+            .subscribe(&state.run_id, state.next.checked_sub(1))
+        {
+            state.subscription = Some(subscription);
+            continue;
+        }
+        // Another process executes the run: look again soon.
+        state.idle_polls = state.idle_polls.saturating_add(1);
+        let wait = Duration::from_millis(5u64 << state.idle_polls.min(7));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl Stream for EventStream {
+    type Item = EngineResult<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(event) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.pending.is_none() {
+                if this.done {
+                    return Poll::Ready(None);
+                }
+                let state = this.take_state();
+                this.pending = Some(Box::pin(fetch(state)));
+            }
+            let Some(pending) = this.pending.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (state, result) = futures::ready!(pending.as_mut().poll(cx));
+            this.pending = None;
+            this.restore(state);
+            match result {
+                Ok(events) if events.is_empty() && this.done => return Poll::Ready(None),
+                Ok(events) => this.ready.extend(events),
+                Err(error) => return Poll::Ready(Some(Err(error))),
+            }
+        }
+    }
+}
