@@ -1,0 +1,109 @@
+//! Leases: which replica executes a run, timed on the database's clock so that replicas'
+//! clocks need not agree; and the runs whose lease lapsed.
+
+use std::time::Duration;
+
+use bgrun_core::{LeaseGrant, RunId, RunRecord, StoreError, StoreResult};
+use tokio_postgres::error::SqlState;
+
+use crate::fault::Failure;
+use crate::record::{from_row, RUN_COLUMNS};
+use crate::store::Inner;
+
+pub(crate) async fn acquire(
+    inner: &Inner,
+    run_id: &RunId,
+    owner: &str,
+    ttl: Duration,
+) -> StoreResult<LeaseGrant> {
+    let take = inner.sql(
+        "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3)) \
+         ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+         WHERE lease.owner = EXCLUDED.owner OR lease.expires_at <= now() \
+         RETURNING owner",
+    );
+    let holder = inner.sql("SELECT owner FROM {s}.leases WHERE run_id = $1");
+    let secs = ttl.as_secs_f64();
+    inner
+        .retry
+        .run("acquiring a lease", |_| async {
+            let client = inner.pool.get().await?;
+            let take = client.prepare_cached(&take).await?;
+            let holder = client.prepare_cached(&holder).await?;
+            // The holder may release between the two statements: then take it again.
+            loop {
+                let taken = client
+                    .query_opt(&take, &[&run_id.as_str(), &owner, &secs])
+                    .await;
+                match taken {
+                    Ok(Some(_)) => return Ok(LeaseGrant::Granted),
+                    Ok(None) => {}
+                    Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                        return Err(StoreError::RunNotFound(run_id.clone()).into())
+                    }
+                    Err(error) => return Err(Failure::from(error)),
+                }
+                if let Some(row) = client.query_opt(&holder, &[&run_id.as_str()]).await? {
+                    return Ok(LeaseGrant::HeldBy(row.get(0)));
+                }
+            }
+        })
+        .await
+}
+
+pub(crate) async fn renew(inner: &Inner, owner: &str, ttl: Duration) -> StoreResult<u64> {
+    let sql = inner.sql(
+        "UPDATE {s}.leases SET expires_at = now() + make_interval(secs => $2) \
+         WHERE owner = $1 AND expires_at > now()",
+    );
+    let secs = ttl.as_secs_f64();
+    inner
+        .retry
+        .run("renewing leases", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            Ok(client.execute(&statement, &[&owner, &secs]).await?)
+        })
+        .await
+}
+
+pub(crate) async fn release(inner: &Inner, run_id: &RunId, owner: &str) -> StoreResult<()> {
+    let sql = inner.sql("DELETE FROM {s}.leases WHERE run_id = $1 AND owner = $2");
+    inner
+        .retry
+        .run("releasing a lease", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            client
+                .execute(&statement, &[&run_id.as_str(), &owner])
+                .await?;
+            Ok(())
+        })
+        .await
+}
+
+pub(crate) async fn orphaned(inner: &Inner, limit: usize) -> StoreResult<Vec<RunRecord>> {
+    let columns = RUN_COLUMNS
+        .split(", ")
+        .map(|column| format!("r.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = inner.sql(&format!(
+        "SELECT {columns} FROM {{s}}.runs r LEFT JOIN {{s}}.leases l ON l.run_id = r.run_id \
+         WHERE r.status IN ('RUNNING', 'PAUSED') AND (l.run_id IS NULL OR l.expires_at <= now()) \
+         ORDER BY r.seq LIMIT $1"
+    ));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    inner
+        .retry
+        .run("finding orphaned runs", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            let rows = client.query(&statement, &[&limit]).await?;
+            rows.iter()
+                .map(|row| from_row(row).map_err(Failure::from))
+                .collect()
+        })
+        .await
+}

@@ -1,0 +1,62 @@
+//! The PostgreSQL [`Store`](bgrun_core::Store) of [bgrun](https://example.invalid/bgrun): many
+//! replicas share one database; LISTEN/NOTIFY tells each of them when a run's log grew or a
+//! cancel was requested.
+//!
+//! ```no_run
+//! use bgrun_core::{NewRun, RunKind, RunTarget, Store};
+//! use bgrun_store_postgres::{Notification, PostgresConfig, PostgresStore};
+//!
+//! # async fn example() -> Result<(), bgrun_core::StoreError> {
+//! let store = PostgresStore::connect(
+//!     PostgresConfig::new("postgres://bgrun@db.internal/bgrun").with_schema("bgrun"),
+//! )
+//! .await?;
+//! let mut notifications = store.notifications();
+//!
+//! let created = store
+//!     .create_run(NewRun::new(RunTarget::new(RunKind::Agent, "echo"), "hello"))
+//!     .await?;
+//! store.request_cancel(&created.run().run_id, bgrun_core::now()).await?;
+//!
+//! // Any replica listening on the schema hears of it.
+//! if let Ok(Notification::Cancel { run_id }) = notifications.recv().await {
+//!     assert_eq!(run_id, created.run().run_id);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it keeps the contract
+//! - Every status write is one `UPDATE ... WHERE run_id = $1 AND status = $2`; events go in
+//!   the same transaction.
+//! - Appends lock the run's row (`FOR UPDATE`), check the log continues, insert the batch in
+//!   one statement and move `last_event_index`, then `pg_notify` in the same transaction.
+//! - Connection errors are retried with backoff. Writes stay exactly-once across a retry whose
+//!   earlier attempt may have committed: appends find their events already stored with the
+//!   same JSON, creates and transitions find the token they wrote.
+//! - Leases expire by the database's clock (`now() + ttl`), so replicas' clocks need not agree.
+//! - Migrations run on connect, in one transaction under an advisory lock.
+//!
+//! Connections are unencrypted (`NoTls`); reach the database over a trusted network or a
+//! local socket.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cancel;
+mod config;
+mod cursor;
+mod events;
+mod fault;
+mod lease;
+mod migrate;
+mod notify;
+mod record;
+mod runs;
+mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use config::{PostgresConfig, MAX_SCHEMA_LEN};
+pub use notify::Notification;
+pub use store::PostgresStore;

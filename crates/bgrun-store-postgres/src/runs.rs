@@ -1,0 +1,325 @@
+//! Runs: creating (idempotency keys, cancel intents), reading, listing, and the status
+//! compare-and-set.
+
+use bgrun_core::{
+    CreateOutcome, Event, NewRun, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult,
+    Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS, MAX_PAGE_SIZE,
+};
+use deadpool_postgres::Transaction;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use crate::cancel;
+use crate::cursor::Cursor;
+use crate::events;
+use crate::fault::Failure;
+use crate::record::{from_row, RUN_COLUMNS};
+use crate::store::Inner;
+
+/// A token naming one call of a write, stored with the row it writes, so that a retry after
+/// an unknown commit outcome recognises its own earlier success.
+fn write_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub(crate) async fn create(inner: &Inner, run: NewRun) -> StoreResult<CreateOutcome> {
+    let token = write_token();
+    let params = serde_json::Value::Object(run.params.clone()).to_string();
+    let metadata = run.metadata.as_ref().map(serde_json::Value::to_string);
+    let find_key = inner.sql(&format!(
+        "SELECT {RUN_COLUMNS}, seq, write_token FROM {{s}}.runs WHERE idempotency_key = $1 FOR UPDATE"
+    ));
+    let free_key = inner.sql("UPDATE {s}.runs SET idempotency_key = NULL WHERE seq = $1");
+    let insert = inner.sql(&format!(
+        "INSERT INTO {{s}}.runs (run_id, session_id, user_id, kind, component_id, parent_run_id, \
+         status, input, params, metadata, idempotency_key, created_at, updated_at, write_token) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7, $8, $9, $10, $11, $11, $12) \
+         RETURNING {RUN_COLUMNS}"
+    ));
+    let find_id = inner.sql(&format!(
+        "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
+    ));
+    let (run, token, params, metadata) = (&run, &token, &params, &metadata);
+    let (find_key, free_key, insert, find_id) = (&find_key, &free_key, &insert, &find_id);
+    inner
+        .retry
+        .run("creating a run", |attempt| async move {
+            let mut client = inner.pool.get().await?;
+            let tx = client.transaction().await?;
+            cancel::lock(&tx, &run.run_id).await?;
+            if let Some(key) = &run.idempotency_key {
+                if let Some(row) = tx.query_opt(find_key.as_str(), &[key]).await? {
+                    let existing = from_row(&row)?;
+                    let ours = attempt.is_retry()
+                        && row.get::<_, Option<&str>>("write_token") == Some(token.as_str());
+                    if ours {
+                        let cancel_requested = cancel::exists(inner, &tx, &run.run_id).await?;
+                        return Ok(CreateOutcome::Created {
+                            run: existing,
+                            cancel_requested,
+                        });
+                    }
+                    if existing.created_at > run.created_at - IDEMPOTENCY_WINDOW_SECS {
+                        return Ok(CreateOutcome::Existing(existing));
+                    }
+                    let seq: i64 = row.get("seq");
+                    tx.execute(free_key.as_str(), &[&seq]).await?;
+                }
+            }
+            let insert = tx.prepare_cached(insert).await?;
+            let inserted = tx
+                .query_one(
+                    &insert,
+                    &[
+                        &run.run_id.as_str(),
+                        &run.session_id.as_str(),
+                        &run.user_id,
+                        &run.target.kind.as_str(),
+                        &run.target.component_id,
+                        &run.parent_run_id.as_ref().map(RunId::as_str),
+                        &run.input,
+                        &params,
+                        &metadata,
+                        &run.idempotency_key,
+                        &run.created_at,
+                        &token,
+                    ],
+                )
+                .await;
+            let record = match inserted {
+                Ok(row) => from_row(&row)?,
+                Err(error) => match error.as_db_error().map(|db| (db.code(), db.constraint())) {
+                    Some((&SqlState::UNIQUE_VIOLATION, Some("runs_run_id_key"))) => {
+                        drop(tx);
+                        return ours_after_all(
+                            inner,
+                            &mut client,
+                            find_id,
+                            &run.run_id,
+                            token,
+                            attempt.is_retry(),
+                        )
+                        .await;
+                    }
+                    // Another replica created a run with this key since we looked: look again.
+                    Some((&SqlState::UNIQUE_VIOLATION, Some("runs_idempotency_key_key"))) => {
+                        return Err(Failure::Race(error));
+                    }
+                    _ => return Err(error.into()),
+                },
+            };
+            let cancel_requested = cancel::exists(inner, &tx, &run.run_id).await?;
+            tx.commit().await?;
+            Ok(CreateOutcome::Created {
+                run: record,
+                cancel_requested,
+            })
+        })
+        .await
+}
+
+/// The run id is taken: by our own earlier attempt (whose commit we did not hear about), or
+/// by someone else (`RunExists`).
+async fn ours_after_all(
+    inner: &Inner,
+    client: &mut deadpool_postgres::Object,
+    find_id: &str,
+    run_id: &RunId,
+    token: &str,
+    is_retry: bool,
+) -> Result<CreateOutcome, Failure> {
+    if is_retry {
+        let tx = client.transaction().await?;
+        if let Some(row) = tx.query_opt(find_id, &[&run_id.as_str()]).await? {
+            if row.get::<_, Option<&str>>("write_token") == Some(token) {
+                let cancel_requested = cancel::exists(inner, &tx, run_id).await?;
+                return Ok(CreateOutcome::Created {
+                    run: from_row(&row)?,
+                    cancel_requested,
+                });
+            }
+        }
+    }
+    Err(StoreError::RunExists(run_id.clone()).into())
+}
+
+pub(crate) async fn get(inner: &Inner, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+    let sql = inner.sql(&format!(
+        "SELECT {RUN_COLUMNS} FROM {{s}}.runs WHERE run_id = $1"
+    ));
+    inner
+        .retry
+        .run("reading a run", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            match client.query_opt(&statement, &[&run_id.as_str()]).await? {
+                Some(row) => Ok(Some(from_row(&row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+}
+
+pub(crate) async fn list(
+    inner: &Inner,
+    filter: &RunFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> StoreResult<RunPage> {
+    let after = cursor.map(Cursor::decode).transpose()?;
+    let limit = limit.clamp(1, MAX_PAGE_SIZE);
+    let status = filter.status.map(|status| status.as_str());
+    let kind = filter.target.as_ref().map(|target| target.kind.as_str());
+    let component = filter
+        .target
+        .as_ref()
+        .map(|target| target.component_id.as_str());
+    let session = filter.session_id.as_ref().map(|id| id.as_str());
+    let parent = filter.parent_run_id.as_ref().map(RunId::as_str);
+    let (created_at, seq) = after.map_or((None, None), |c| (Some(c.created_at), Some(c.seq)));
+    // Fetch one more than asked to learn whether a next page exists.
+    let fetch = (limit + 1) as i64;
+
+    let mut conditions = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    for (column, value) in [
+        ("session_id", &session),
+        ("status", &status),
+        ("kind", &kind),
+        ("component_id", &component),
+        ("parent_run_id", &parent),
+    ] {
+        if let Some(value) = value {
+            params.push(value);
+            conditions.push(format!("{column} = ${}", params.len()));
+        }
+    }
+    if let (Some(created_at), Some(seq)) = (&created_at, &seq) {
+        params.push(created_at);
+        params.push(seq);
+        conditions.push(format!(
+            "(created_at, seq) < (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(&fetch);
+    let where_clause = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = inner.sql(&format!(
+        "SELECT {RUN_COLUMNS}, seq FROM {{s}}.runs {where_clause} \
+         ORDER BY created_at DESC, seq DESC LIMIT ${}",
+        params.len()
+    ));
+    inner
+        .retry
+        .run("listing runs", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            let rows = client.query(&statement, &params).await?;
+            let mut runs = Vec::with_capacity(rows.len().min(limit));
+            let mut last = None;
+            for row in rows.iter().take(limit) {
+                let run = from_row(row)?;
+                last = Some(Cursor {
+                    created_at: run.created_at,
+                    seq: row.get("seq"),
+                });
+                runs.push(run);
+            }
+            let next_cursor = if rows.len() > limit {
+                last.map(Cursor::encode)
+            } else {
+                None
+            };
+            Ok(RunPage { runs, next_cursor })
+        })
+        .await
+}
+
+pub(crate) async fn transition(
+    inner: &Inner,
+    run_id: &RunId,
+    transition: &Transition,
+    events: &[Event],
+) -> StoreResult<TransitionOutcome> {
+    transition.from.check_transition(transition.to)?;
+    events::check_contiguous(run_id, events)?;
+    let token = write_token();
+    let cas = inner.sql(&format!(
+        "UPDATE {{s}}.runs SET status = $3, content = COALESCE($4, content), \
+         error = COALESCE($5, error), cancellation_stage = COALESCE($6, cancellation_stage), \
+         updated_at = $7, write_token = $8 \
+         WHERE run_id = $1 AND status = $2 RETURNING {RUN_COLUMNS}"
+    ));
+    let current = inner.sql(&format!(
+        "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
+    ));
+    let (cas, current, token) = (&cas, &current, &token);
+    inner
+        .retry
+        .run("changing a run's status", |attempt| async move {
+            let mut client = inner.pool.get().await?;
+            let tx = client.transaction().await?;
+            let cas = tx.prepare_cached(cas).await?;
+            let updated = tx
+                .query_opt(
+                    &cas,
+                    &[
+                        &run_id.as_str(),
+                        &transition.from.as_str(),
+                        &transition.to.as_str(),
+                        &transition.content,
+                        &transition.error,
+                        &transition.cancellation_stage.map(|stage| stage.as_str()),
+                        &transition.at,
+                        &token,
+                    ],
+                )
+                .await?;
+            let Some(row) = updated else {
+                return lost(&tx, current, run_id, token, attempt.is_retry()).await;
+            };
+            let mut record = from_row(&row)?;
+            if let Some(first) = events.first() {
+                let next = record.next_event_index();
+                if first.index() != next {
+                    return Err(StoreError::IndexConflict {
+                        run_id: run_id.clone(),
+                        expected: next,
+                        got: first.index(),
+                    }
+                    .into());
+                }
+                events::write(inner, &tx, run_id, events).await?;
+                record.last_event_index = events.last().map(Event::index);
+                record.updated_at = record.updated_at.max(bgrun_core::now());
+            }
+            tx.commit().await?;
+            Ok(TransitionOutcome::Applied(Box::new(record)))
+        })
+        .await
+}
+
+/// The compare-and-set matched no row: the run is missing, in another status, or (on a retry)
+/// already changed by our own earlier attempt.
+async fn lost(
+    tx: &Transaction<'_>,
+    current: &str,
+    run_id: &RunId,
+    token: &str,
+    is_retry: bool,
+) -> Result<TransitionOutcome, Failure> {
+    let row = tx
+        .query_opt(current, &[&run_id.as_str()])
+        .await?
+        .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+    let run = from_row(&row)?;
+    if is_retry && row.get::<_, Option<&str>>("write_token") == Some(token) {
+        return Ok(TransitionOutcome::Applied(Box::new(run)));
+    }
+    Ok(TransitionOutcome::Conflict { actual: run.status })
+}

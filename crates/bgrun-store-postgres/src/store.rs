@@ -1,0 +1,207 @@
+//! [`PostgresStore`]: the connection pool, the listener, and the [`Store`] implementation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bgrun_core::{
+    async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
+    Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+
+use crate::config::PostgresConfig;
+use crate::fault::RetryPolicy;
+use crate::migrate::{migrate, quoted};
+use crate::notify::{spawn_listener, Channels, Notification};
+use crate::{cancel, events, lease, runs};
+
+/// A [`Store`] on PostgreSQL, shared by any number of replicas.
+///
+/// Cheap to clone: clones share the pool and the listener, which stops when the last clone is
+/// dropped. See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+/// What the operations share.
+pub(crate) struct Inner {
+    pub(crate) pool: Pool,
+    schema: String,
+    /// The quoted schema, substituted for `{s}` in statements.
+    quoted_schema: String,
+    pub(crate) channels: Channels,
+    pub(crate) retry: RetryPolicy,
+    notifications: broadcast::Sender<Notification>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Inner {
+    /// `template` with every `{s}` replaced by the quoted schema name.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.quoted_schema)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema)
+            .field("pool", &self.inner.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, brings the schema up to date (safe with several replicas starting at once)
+    /// and starts listening for notifications.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn connect(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
+        let pg_config = config.pg_config()?;
+        let retry = RetryPolicy {
+            max_retries: config.max_retries,
+            base_delay: config.retry_base_delay,
+        };
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|error| StoreError::backend("building the PostgreSQL pool", error))?;
+        migrate(&pool, &config.schema, &retry).await?;
+
+        let channels = Channels::new(&config.schema);
+        let (sender, _) = broadcast::channel(config.notification_capacity.max(1));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let listener = spawn_listener(pg_config, channels.clone(), sender.clone(), ready_tx);
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(StoreError::backend(
+                    "opening the PostgreSQL LISTEN connection",
+                    error,
+                ))
+            }
+            Err(_) => return Err(StoreError::Closed),
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                quoted_schema: quoted(&config.schema),
+                schema: config.schema,
+                channels,
+                retry,
+                notifications: sender,
+                listener,
+            }),
+        })
+    }
+
+    /// Notifications of what any replica commits on this schema: runs' logs growing, cancels
+    /// requested, and [`Notification::Resync`] after the listener reconnected.
+    ///
+    /// A hint, not a log: on `Resync` or `RecvError::Lagged` re-read the store.
+    pub fn notifications(&self) -> broadcast::Receiver<Notification> {
+        self.inner.notifications.subscribe()
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Closes the pool and stops listening. Operations after this fail with
+    /// [`StoreError::Closed`].
+    pub fn close(&self) {
+        self.inner.pool.close();
+        self.inner.listener.abort();
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
+        runs::create(&self.inner, run).await
+    }
+
+    async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+        runs::get(&self.inner, run_id).await
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<RunPage> {
+        runs::list(&self.inner, filter, limit, cursor).await
+    }
+
+    async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
+        events::append(&self.inner, run_id, events).await
+    }
+
+    async fn transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+    ) -> StoreResult<TransitionOutcome> {
+        runs::transition(&self.inner, run_id, transition, events).await
+    }
+
+    async fn read_events(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        events::read(&self.inner, run_id, after, limit).await
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {
+        cancel::request(&self.inner, run_id, at).await
+    }
+
+    async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool> {
+        cancel::requested(&self.inner, run_id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &RunId,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        lease::acquire(&self.inner, run_id, owner, ttl).await
+    }
+
+    async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64> {
+        lease::renew(&self.inner, owner, ttl).await
+    }
+
+    async fn release_lease(&self, run_id: &RunId, owner: &str) -> StoreResult<()> {
+        lease::release(&self.inner, run_id, owner).await
+    }
+
+    async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        lease::orphaned(&self.inner, limit).await
+    }
+}
