@@ -1,6 +1,6 @@
 //! Run logs: appending (gapless, retry-safe) and reading.
 
-use bgrun_core::{Event, InvalidTransition, RunId, RunStatus, StoreError, StoreResult};
+use bgrun_core::{Event, InvalidTransition, RunId, RunStatus, StoreError, StoreResult, Timestamp};
 use deadpool_postgres::Transaction;
 
 use crate::fault::{Attempt, Failure};
@@ -55,7 +55,7 @@ pub(crate) async fn append(inner: &Inner, run_id: &RunId, events: &[Event]) -> S
                 }
                 .into());
             }
-            write(inner, &tx, run_id, events).await?;
+            write(inner, &tx, run_id, events, bgrun_core::now()).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -116,12 +116,14 @@ async fn already_stored(
 }
 
 /// Inserts `events` (already checked to continue the log), moves the run's
-/// `last_event_index`, and notifies listeners, inside the caller's transaction.
+/// `last_event_index` (and `updated_at` to `at`), and notifies listeners, inside the
+/// caller's transaction.
 pub(crate) async fn write(
     inner: &Inner,
     tx: &Transaction<'_>,
     run_id: &RunId,
     events: &[Event],
+    at: Timestamp,
 ) -> Result<(), Failure> {
     let Some(last) = events.last() else {
         return Ok(());
@@ -129,17 +131,13 @@ pub(crate) async fn write(
     insert(inner, tx, run_id, events).await?;
     let advance = tx
         .prepare_cached(&inner.sql(
-            "UPDATE {s}.runs SET last_event_index = $2, updated_at = GREATEST(updated_at, $3) \
+            "UPDATE {s}.runs SET last_event_index = $2, updated_at = $3 \
              WHERE run_id = $1",
         ))
         .await?;
     tx.execute(
         &advance,
-        &[
-            &run_id.as_str(),
-            &to_stored(last.index())?,
-            &bgrun_core::now(),
-        ],
+        &[&run_id.as_str(), &to_stored(last.index())?, &at],
     )
     .await?;
     let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;

@@ -294,9 +294,8 @@ pub(crate) async fn transition(
                     }
                     .into());
                 }
-                events::write(inner, &tx, run_id, events).await?;
+                events::write(inner, &tx, run_id, events, transition.at).await?;
                 record.last_event_index = events.last().map(Event::index);
-                record.updated_at = record.updated_at.max(bgrun_core::now());
             }
             tx.commit().await?;
             Ok(TransitionOutcome::Applied(Box::new(record)))
