@@ -1,0 +1,310 @@
+//! The suite itself: it passes a store that keeps the contract and names the check a broken one
+//! fails. The stores are the example in-memory store (`tests/memory-store`) and wrappers around
+//! it with one deliberate flaw each.
+
+#![allow(clippy::unwrap_used)] // test scaffolding: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bgrun_core::{
+    async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
+    Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+};
+use bgrun_example_memory_store::MemoryStore;
+use bgrun_testkit::{checks, conformance, ConformanceFailures, StoreHarness};
+
+/// One way to break the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flaw {
+    /// `read_events` leaves out the event with index 3.
+    SkipsAnIndex,
+    /// A transition that lost its compare-and-set reports that it won.
+    BothWin,
+    /// `list_runs` orders each page by run_id.
+    ListsByRunId,
+    /// `create_run` never reports a cancel intent.
+    ForgetsEarlyCancels,
+    /// A lease with a zero ttl is taken for an hour.
+    ZeroTtlLives,
+    /// `cancel_requested` panics.
+    PanicsOnCancelRequested,
+}
+
+#[derive(Debug)]
+struct Broken {
+    inner: MemoryStore,
+    flaw: Flaw,
+}
+
+#[async_trait]
+impl Store for Broken {
+    async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
+        match self.inner.create_run(run).await? {
+            CreateOutcome::Created { run, .. } if self.flaw == Flaw::ForgetsEarlyCancels => {
+                Ok(CreateOutcome::Created {
+                    run,
+                    cancel_requested: false,
+                })
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run(run_id).await
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<RunPage> {
+        let mut page = self.inner.list_runs(filter, limit, cursor).await?;
+        if self.flaw == Flaw::ListsByRunId {
+            page.runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        }
+        Ok(page)
+    }
+
+    async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
+        self.inner.append_events(run_id, events).await
+    }
+
+    async fn transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self.inner.transition(run_id, transition, events).await?;
+        match (outcome, self.flaw) {
+            (TransitionOutcome::Conflict { .. }, Flaw::BothWin) => {
+                let mut run = self.inner.get_run(run_id).await?.unwrap();
+                run.status = transition.to;
+                Ok(TransitionOutcome::Applied(Box::new(run)))
+            }
+            (outcome, _) => Ok(outcome),
+        }
+    }
+
+    async fn read_events(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let mut events = self.inner.read_events(run_id, after, limit).await?;
+        if self.flaw == Flaw::SkipsAnIndex {
+            events.retain(|event| event.index() != 3);
+        }
+        Ok(events)
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {
+        self.inner.request_cancel(run_id, at).await
+    }
+
+    async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool> {
+        assert!(
+            self.flaw != Flaw::PanicsOnCancelRequested,
+            "cancel_requested is broken"
+        );
+        self.inner.cancel_requested(run_id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &RunId,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let ttl = match self.flaw {
+            Flaw::ZeroTtlLives if ttl.is_zero() => Duration::from_secs(3600),
+            _ => ttl,
+        };
+        self.inner.acquire_lease(run_id, owner, ttl).await
+    }
+
+    async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64> {
+        self.inner.renew_leases(owner, ttl).await
+    }
+
+    async fn release_lease(&self, run_id: &RunId, owner: &str) -> StoreResult<()> {
+        self.inner.release_lease(run_id, owner).await
+    }
+
+    async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        self.inner.orphaned_runs(limit).await
+    }
+}
+
+/// Fresh example stores; `reopen` hands back the same store (memory "persists" while the `Arc`
+/// lives), or a new empty one to simulate a store that loses everything.
+struct Harness {
+    flaw: Option<Flaw>,
+    reopen: Reopen,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reopen {
+    Unsupported,
+    SameStore,
+    LosesEverything,
+}
+
+impl Harness {
+    fn new(flaw: Option<Flaw>, reopen: Reopen) -> Self {
+        Self { flaw, reopen }
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        match self.flaw {
+            None => Arc::new(MemoryStore::new()),
+            Some(flaw) => Arc::new(Broken {
+                inner: MemoryStore::new(),
+                flaw,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl StoreHarness for Harness {
+    async fn fresh(&self) -> Arc<dyn Store> {
+        self.store()
+    }
+
+    async fn reopen(&self, store: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
+        match self.reopen {
+            Reopen::Unsupported => None,
+            Reopen::SameStore => Some(store),
+            Reopen::LosesEverything => Some(self.store()),
+        }
+    }
+}
+
+async fn failures(flaw: Flaw) -> ConformanceFailures {
+    match conformance(&Harness::new(Some(flaw), Reopen::Unsupported)).await {
+        Ok(report) => panic!("a store that is {flaw:?} passed the suite: {report}"),
+        Err(failures) => failures,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_example_store_passes_and_persistence_is_skipped_without_reopen() {
+    let report = conformance(&Harness::new(None, Reopen::Unsupported))
+        .await
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    assert_eq!(report.passed, checks::NAMES[..checks::NAMES.len() - 1]);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].check, "persistence");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persistence_passes_when_the_store_survives_a_reopen() {
+    let report = conformance(&Harness::new(None, Reopen::SameStore))
+        .await
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    assert_eq!(report.passed, checks::NAMES);
+    assert!(report.skipped.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_loses_everything_on_reopen_fails_persistence() {
+    let failures = conformance(&Harness::new(None, Reopen::LosesEverything))
+        .await
+        .unwrap_err();
+    assert_eq!(failures.names(), ["persistence"]);
+    let message = failures.failure("persistence").unwrap().message();
+    assert!(message.starts_with("once reopened"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_skips_an_index_on_read_fails_the_log_checks() {
+    let failures = failures(Flaw::SkipsAnIndex).await;
+    for check in ["append_and_read", "large_log", "concurrent_writers"] {
+        assert!(failures.names().contains(&check), "{failures}");
+    }
+    assert!(!failures.names().contains(&"leases"), "{failures}");
+    let message = failures.failure("append_and_read").unwrap().message();
+    assert!(message.contains("expected index 3"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_where_both_cas_writers_win_fails_the_races() {
+    let failures = failures(Flaw::BothWin).await;
+    assert!(failures.names().contains(&"cas_races"), "{failures}");
+    assert!(failures.names().contains(&"transitions"), "{failures}");
+    let message = failures.failure("cas_races").unwrap().message();
+    assert!(
+        message.contains("expected exactly one to be Applied"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_lists_by_run_id_fails_paging() {
+    let failures = failures(Flaw::ListsByRunId).await;
+    assert_eq!(failures.names(), ["list_paging"], "{failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_forgets_early_cancels_fails_cancel_intents() {
+    let failures = failures(Flaw::ForgetsEarlyCancels).await;
+    assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_whose_zero_ttl_leases_live_fails_leases() {
+    let failures = failures(Flaw::ZeroTtlLives).await;
+    assert_eq!(failures.names(), ["leases"], "{failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_store_fails_only_the_check_that_panicked() {
+    let failures = failures(Flaw::PanicsOnCancelRequested).await;
+    assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
+    let message = failures.failure("cancel_intents").unwrap().message();
+    assert!(
+        message.contains("panicked: cancel_requested is broken"),
+        "{message}"
+    );
+    assert_eq!(failures.report.passed.len(), checks::NAMES.len() - 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[should_panic(expected = "the store failed 1 of 13 conformance checks")]
+async fn assert_conformance_panics_with_the_failures() {
+    bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
+        .await;
+}
+
+/// A harness whose "fresh" stores are not empty.
+struct Dirty;
+
+#[async_trait]
+impl StoreHarness for Dirty {
+    async fn fresh(&self) -> Arc<dyn Store> {
+        let store = MemoryStore::new();
+        let run = NewRun::new(
+            bgrun_core::RunTarget::new(bgrun_core::RunKind::Agent, "a"),
+            "left over",
+        );
+        store.create_run(run).await.unwrap();
+        Arc::new(store)
+    }
+
+    async fn reopen(&self, _store: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_harness_whose_fresh_stores_hold_runs_is_reported() {
+    let failures = conformance(&Dirty).await.unwrap_err();
+    assert_eq!(failures.failed.len(), checks::NAMES.len() - 1);
+    let message = failures.failure("leases").unwrap().message();
+    assert!(message.contains("must return an empty store"), "{message}");
+}
