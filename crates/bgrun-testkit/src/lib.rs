@@ -35,6 +35,28 @@
 //! [`conformance`] returns the verdict instead of panicking; each check is also a plain
 //! `pub async fn` in [`checks`], to run one on its own while fixing it.
 //!
+//! # What the suite holds a store to
+//!
+//! The [`Store`](bgrun_core::Store) contract, with these readings where its docs leave room:
+//!
+//! - [`create_and_get`](checks::create_and_get), [`duplicates_and_idempotency`](checks::duplicates_and_idempotency):
+//!   every field round-trips; a taken `run_id` is `RunExists`; a recent idempotency key gives
+//!   `Existing` and creates nothing.
+//! - [`transitions`](checks::transitions), [`cas_races`](checks::cas_races): the status machine
+//!   is checked before anything is written (`InvalidTransition`); the compare-and-set before the
+//!   event indices, so the loser of a race always learns `Conflict { actual }`; `updated_at`
+//!   becomes the transition's `at`; an unknown run is `RunNotFound`.
+//! - [`append_and_read`](checks::append_and_read), [`append_rejections`](checks::append_rejections),
+//!   [`large_log`](checks::large_log), [`append_races`](checks::append_races),
+//!   [`concurrent_writers`](checks::concurrent_writers): gapless logs, exact JSON text,
+//!   `IndexConflict { expected, got }` for anything else, no appends to terminal runs (any error).
+//! - [`cancel_intents`](checks::cancel_intents): intents before the run exists, idempotent.
+//! - [`list_paging`](checks::list_paging): newest `created_at` first, ties newest insertion
+//!   first; the page that ends the list has no `next_cursor`; cursors are positions, not offsets.
+//! - [`leases`](checks::leases): a lease is live while now < its expiry, so a zero ttl lapses at
+//!   once; `renew_leases` extends live leases only.
+//! - [`persistence`](checks::persistence): all of the above survives a new store instance.
+//!
 //! The checks are deterministic: they never sleep and assert no timings. Races are real (the
 //! suite spawns tokio tasks, so run it on a multi-thread runtime), but every interleaving has
 //! one right answer. A lease granted with a zero ttl counts as lapsed at once, which is how the

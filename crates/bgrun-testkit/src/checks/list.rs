@@ -39,10 +39,16 @@ async fn check_pages(
             "{what}: a page holds {} runs, more than the limit",
             page.runs.len()
         );
+        let page_was_empty = page.runs.is_empty();
         listed.extend(page.runs);
         let complete = listed.len() >= expected.len();
         match page.next_cursor {
             Some(next) => {
+                ensure!(
+                    !page_was_empty,
+                    "{what}: an empty page with next_cursor {next:?} (after runs {:?})",
+                    ids(&listed)
+                );
                 ensure!(
                     !complete,
                     "{what}: the page that ends the list (runs {:?}) still has next_cursor {next:?}; expected None on the last page",
