@@ -122,6 +122,7 @@ pub(crate) struct EngineInner {
     /// Fired when the shutdown grace period is over: runs still executing are interrupted.
     pub(crate) interrupt: CancellationToken,
     pub(crate) config: EngineConfig,
+    metrics: Arc<crate::metrics::Counters>,
 }
 
 impl EngineInner {
@@ -174,8 +175,10 @@ impl Engine {
         registry: Registry,
         config: EngineConfig,
     ) -> EngineResult<Self> {
+        let metrics = Arc::new(crate::metrics::Counters::default());
         let inner = Arc::new(EngineInner {
-            store,
+            store: crate::metrics::CountingStore::wrap(store, metrics.clone()),
+            metrics,
             registry,
             log: EventLog::new(config.log.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
@@ -371,6 +374,11 @@ impl Engine {
             inner.interrupt.cancel();
             inner.tracker.wait().await;
         }
+    }
+
+    /// What this engine has stored since it opened: runs created and ended by status, events.
+    pub fn metrics(&self) -> crate::metrics::EngineMetrics {
+        self.inner.metrics.snapshot()
     }
 
     /// Runs executing or queued in this process.

@@ -23,8 +23,9 @@ pub(crate) async fn recover_at_open(engine: &Engine) -> EngineResult<()> {
                 recover_run(engine, run).await?;
             }
         }
+    } else {
+        recover_orphans(engine).await?;
     }
-    recover_orphans(engine).await?;
     let mut pending = all_runs(engine, RunStatus::Pending).await?;
     pending.reverse();
     for run in pending {
@@ -97,11 +98,12 @@ pub(crate) async fn recover_orphans(engine: &Engine) -> EngineResult<usize> {
 async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
     let inner = &engine.inner;
     let owner = &inner.config.owner;
-    if inner
-        .store
-        .acquire_lease(&run.run_id, owner, inner.config.lease_ttl)
-        .await?
-        != LeaseGrant::Granted
+    if !inner.config.exclusive_store
+        && inner
+            .store
+            .acquire_lease(&run.run_id, owner, inner.config.lease_ttl)
+            .await?
+            != LeaseGrant::Granted
     {
         return Ok(false);
     }
@@ -137,7 +139,9 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
         .store
         .transition(&run.run_id, &transition, std::slice::from_ref(&terminal))
         .await?;
-    let _ = inner.store.release_lease(&run.run_id, owner).await;
+    if !inner.config.exclusive_store {
+        let _ = inner.store.release_lease(&run.run_id, owner).await;
+    }
     if let TransitionOutcome::Applied(_) = outcome {
         tracing::info!(run_id = %run.run_id, "interrupted run ended ERROR");
     }
@@ -189,6 +193,10 @@ pub(crate) fn spawn_background(engine: &Engine) {
             .clone()
             .run_evictor(inner.config.eviction_period, inner.closing.clone()),
     );
+    if inner.config.exclusive_store {
+        // Nobody else executes runs on this store: no leases to renew, no orphans to find.
+        return;
+    }
     let engine = engine.clone();
     inner.tracker.spawn(async move {
         let inner = &engine.inner;

@@ -111,23 +111,9 @@ async fn execute(
         cancel_before_start(&inner, &active).await;
         return;
     }
-    let owner = inner.config.owner.clone();
-    match inner
-        .store
-        .acquire_lease(&record.run_id, &owner, inner.config.lease_ttl)
-        .await
-    {
-        Ok(LeaseGrant::Granted) => {}
-        Ok(LeaseGrant::HeldBy(other)) => {
-            tracing::info!(run_id = %record.run_id, %other, "run is leased by another engine");
-            inner.log_discard(&active);
-            return;
-        }
-        Err(error) => {
-            tracing::error!(run_id = %record.run_id, %error, "cannot lease run");
-            inner.log_discard(&active);
-            return;
-        }
+    if !take_lease(&inner, &active).await {
+        inner.log_discard(&active);
+        return;
     }
     if record.status == RunStatus::Pending {
         let started = active.render(
@@ -371,7 +357,33 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
     active.status.send_replace(final_status);
 }
 
+/// Leases the run to this engine, unless the store serves this process alone (then nobody else
+/// could take it over, and the writes are saved).
+async fn take_lease(inner: &EngineInner, active: &ActiveRun) -> bool {
+    if inner.config.exclusive_store {
+        return true;
+    }
+    match inner
+        .store
+        .acquire_lease(&active.run_id, &inner.config.owner, inner.config.lease_ttl)
+        .await
+    {
+        Ok(LeaseGrant::Granted) => true,
+        Ok(LeaseGrant::HeldBy(other)) => {
+            tracing::info!(run_id = %active.run_id, %other, "run is leased by another engine");
+            false
+        }
+        Err(error) => {
+            tracing::error!(run_id = %active.run_id, %error, "cannot lease run");
+            false
+        }
+    }
+}
+
 async fn release_lease(inner: &EngineInner, active: &ActiveRun) {
+    if inner.config.exclusive_store {
+        return;
+    }
     if let Err(error) = inner
         .store
         .release_lease(&active.run_id, &inner.config.owner)

@@ -1,0 +1,156 @@
+//! Counters of what an engine stored: runs created and ended by status, events appended.
+//!
+//! Counted at the store boundary (a wrapper around the engine's store), so every path that
+//! writes (start, finish, cancel before start, recovery) counts without knowing of it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bgrun_core::{
+    CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord, RunStatus,
+    Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+};
+
+/// A snapshot of an engine's counters, since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMetrics {
+    /// Runs created (`PENDING`).
+    pub runs_created: u64,
+    /// Runs ended `COMPLETED`.
+    pub runs_completed: u64,
+    /// Runs ended `ERROR`.
+    pub runs_errored: u64,
+    /// Runs ended `CANCELLED`.
+    pub runs_cancelled: u64,
+    /// Events stored.
+    pub events_appended: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    created: AtomicU64,
+    completed: AtomicU64,
+    errored: AtomicU64,
+    cancelled: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> EngineMetrics {
+        EngineMetrics {
+            runs_created: self.created.load(Ordering::Relaxed),
+            runs_completed: self.completed.load(Ordering::Relaxed),
+            runs_errored: self.errored.load(Ordering::Relaxed),
+            runs_cancelled: self.cancelled.load(Ordering::Relaxed),
+            events_appended: self.events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The engine's store, counting what it writes.
+pub(crate) struct CountingStore {
+    inner: Arc<dyn Store>,
+    counters: Arc<Counters>,
+}
+
+impl CountingStore {
+    pub(crate) fn wrap(inner: Arc<dyn Store>, counters: Arc<Counters>) -> Arc<dyn Store> {
+        Arc::new(Self { inner, counters })
+    }
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
+        let outcome = self.inner.create_run(run).await?;
+        if matches!(outcome, CreateOutcome::Created { .. }) {
+            self.counters.created.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+        self.inner.get_run(run_id).await
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<RunPage> {
+        self.inner.list_runs(filter, limit, cursor).await
+    }
+
+    async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
+        self.inner.append_events(run_id, events).await?;
+        self.counters
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self.inner.transition(run_id, transition, events).await?;
+        if outcome.applied() {
+            self.counters
+                .events
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            let counter = match transition.to {
+                RunStatus::Completed => Some(&self.counters.completed),
+                RunStatus::Error => Some(&self.counters.errored),
+                RunStatus::Cancelled => Some(&self.counters.cancelled),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn read_events(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.inner.read_events(run_id, after, limit).await
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {
+        self.inner.request_cancel(run_id, at).await
+    }
+
+    async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool> {
+        self.inner.cancel_requested(run_id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &RunId,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        self.inner.acquire_lease(run_id, owner, ttl).await
+    }
+
+    async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64> {
+        self.inner.renew_leases(owner, ttl).await
+    }
+
+    async fn release_lease(&self, run_id: &RunId, owner: &str) -> StoreResult<()> {
+        self.inner.release_lease(run_id, owner).await
+    }
+
+    async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
+        self.inner.orphaned_runs(limit).await
+    }
+}
