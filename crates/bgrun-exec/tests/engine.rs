@@ -53,36 +53,67 @@ impl Runnable for Gated {
     }
 }
 
+/// Where the runs are stored: each test runs on SQLite and on PostgreSQL.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(bgrun_store_postgres::testing::TestSchema),
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Self {
+        Self::Postgres(bgrun_store_postgres::testing::TestSchema::new())
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(dir) => {
+                Arc::new(SqliteStore::open(dir.path().join("runs.db")).await.unwrap())
+            }
+            Self::Postgres(schema) => Arc::new(schema.store().await.unwrap()),
+        }
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            exclusive_store: matches!(self, Self::Sqlite(_)),
+            ..EngineConfig::default()
+        }
+    }
+}
+
 struct Fixture {
-    dir: tempfile::TempDir,
+    backend: Backend,
     engine: Engine,
     gated: Gated,
 }
 
-async fn open_engine(dir: &tempfile::TempDir, gated: &Gated, config: EngineConfig) -> Engine {
-    let store = SqliteStore::open(dir.path().join("runs.db")).await.unwrap();
+async fn open_engine(backend: &Backend, gated: &Gated, config: EngineConfig) -> Engine {
     let registry = demo::registry().with(gated.clone());
-    Engine::open(Arc::new(store), registry, config)
+    Engine::open(backend.store().await, registry, config)
         .await
         .unwrap()
 }
 
-fn config() -> EngineConfig {
-    EngineConfig {
-        exclusive_store: true,
-        ..EngineConfig::default()
+async fn fixture_with(
+    backend: Backend,
+    config: impl FnOnce(EngineConfig) -> EngineConfig,
+) -> Fixture {
+    let gated = Gated::new();
+    let config = config(backend.config());
+    let engine = open_engine(&backend, &gated, config).await;
+    Fixture {
+        backend,
+        engine,
+        gated,
     }
 }
 
-async fn fixture_with(config: EngineConfig) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let gated = Gated::new();
-    let engine = open_engine(&dir, &gated, config).await;
-    Fixture { dir, engine, gated }
-}
-
-async fn fixture() -> Fixture {
-    fixture_with(config()).await
+async fn fixture(backend: Backend) -> Fixture {
+    fixture_with(backend, |config| config).await
 }
 
 async fn all_events(engine: &Engine, run_id: &RunId, after: Option<u64>) -> Vec<Event> {
@@ -118,9 +149,8 @@ async fn wait_running(engine: &Engine, run_id: &RunId) {
     panic!("run ended before it streamed");
 }
 
-#[tokio::test]
-async fn a_background_run_is_pending_at_once_and_polls_to_completion() {
-    let f = fixture().await;
+async fn a_background_run_is_pending_at_once_and_polls_to_completion(backend: Backend) {
+    let f = fixture(backend).await;
     let started = f
         .engine
         .start(StartRequest::agent("echo", "hello big world"))
@@ -159,9 +189,8 @@ async fn a_background_run_is_pending_at_once_and_polls_to_completion() {
     assert_eq!(contents, ["hello ", "big ", "world"]);
 }
 
-#[tokio::test]
-async fn resume_after_any_index_gives_exactly_the_rest() {
-    let f = fixture().await;
+async fn resume_after_any_index_gives_exactly_the_rest(backend: Backend) {
+    let f = fixture(backend).await;
     let run = f
         .engine
         .start(StartRequest::agent("ticker", "").param("count", 200))
@@ -206,9 +235,8 @@ async fn resume_after_any_index_gives_exactly_the_rest() {
     assert_eq!(past_end.events.count().await, 0);
 }
 
-#[tokio::test]
-async fn a_live_resume_catches_up_then_follows() {
-    let f = fixture().await;
+async fn a_live_resume_catches_up_then_follows(backend: Backend) {
+    let f = fixture(backend).await;
     let run = f
         .engine
         .start(StartRequest::agent("gated", "x"))
@@ -252,9 +280,8 @@ async fn a_live_resume_catches_up_then_follows() {
     assert_eq!(types(&tail), ["RunContent", "RunCompleted"]);
 }
 
-#[tokio::test]
-async fn cancelling_a_running_run_keeps_its_partial_content() {
-    let f = fixture().await;
+async fn cancelling_a_running_run_keeps_its_partial_content(backend: Backend) {
+    let f = fixture(backend).await;
     let run = f
         .engine
         .start(StartRequest::agent("gated", "x"))
@@ -289,9 +316,8 @@ async fn cancelling_a_running_run_keeps_its_partial_content() {
     assert_eq!((late.status, late.cancelled), (RunStatus::Completed, false));
 }
 
-#[tokio::test]
-async fn a_cancel_before_start_ends_the_later_run_without_running_it() {
-    let f = fixture().await;
+async fn a_cancel_before_start_ends_the_later_run_without_running_it(backend: Backend) {
+    let f = fixture(backend).await;
     let run_id = RunId::parse("chosen-by-the-client").unwrap();
     let outcome = f.engine.cancel(&run_id).await.unwrap();
     assert_eq!(
@@ -316,11 +342,10 @@ async fn a_cancel_before_start_ends_the_later_run_without_running_it() {
     );
 }
 
-#[tokio::test]
-async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled() {
-    let f = fixture_with(EngineConfig {
+async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend: Backend) {
+    let f = fixture_with(backend, |config| EngineConfig {
         max_concurrency: 2,
-        ..config()
+        ..config
     })
     .await;
     let mut runs = Vec::new();
@@ -351,9 +376,8 @@ async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled() {
     assert_eq!(*f.gated.started.lock().unwrap(), ["r0", "r1", "r2", "r4"]);
 }
 
-#[tokio::test]
-async fn failures_and_panics_end_the_run_error_and_disturb_nothing_else() {
-    let f = fixture().await;
+async fn failures_and_panics_end_the_run_error_and_disturb_nothing_else(backend: Backend) {
+    let f = fixture(backend).await;
     let bystander = f
         .engine
         .start(StartRequest::agent("gated", "b"))
@@ -387,9 +411,8 @@ async fn failures_and_panics_end_the_run_error_and_disturb_nothing_else() {
     assert_eq!(bystander.status, RunStatus::Completed);
 }
 
-#[tokio::test]
-async fn bad_requests_are_typed_errors() {
-    let f = fixture().await;
+async fn bad_requests_are_typed_errors(backend: Backend) {
+    let f = fixture(backend).await;
     let unknown = f.engine.start(StartRequest::agent("nope", "")).await;
     assert!(matches!(unknown, Err(EngineError::UnknownComponent(_))));
     let bad_param = f
@@ -423,9 +446,8 @@ async fn bad_requests_are_typed_errors() {
         .is_none());
 }
 
-#[tokio::test]
-async fn an_idempotency_key_returns_the_first_run() {
-    let f = fixture().await;
+async fn an_idempotency_key_returns_the_first_run(backend: Backend) {
+    let f = fixture(backend).await;
     let first = f
         .engine
         .start(StartRequest::agent("echo", "once").idempotency_key("k1"))
@@ -440,9 +462,8 @@ async fn an_idempotency_key_returns_the_first_run() {
     assert_eq!(first.run.run_id, second.run.run_id);
 }
 
-#[tokio::test]
-async fn events_evicted_from_memory_are_read_from_the_store() {
-    let f = fixture_with(EngineConfig {
+async fn events_evicted_from_memory_are_read_from_the_store(backend: Backend) {
+    let f = fixture_with(backend, |config| EngineConfig {
         log: bgrun_buffer::LogConfig {
             max_stream_bytes: 4096,
             min_stream_events: 8,
@@ -450,7 +471,7 @@ async fn events_evicted_from_memory_are_read_from_the_store() {
             ..Default::default()
         },
         eviction_period: Duration::from_millis(1),
-        ..config()
+        ..config
     })
     .await;
     let run = f
@@ -466,9 +487,8 @@ async fn events_evicted_from_memory_are_read_from_the_store() {
     assert_eq!(replay, live[11..]);
 }
 
-#[tokio::test]
-async fn a_reopened_store_replays_a_finished_run_exactly() {
-    let f = fixture().await;
+async fn a_reopened_store_replays_a_finished_run_exactly(backend: Backend) {
+    let f = fixture(backend).await;
     let run = f
         .engine
         .start(StartRequest::agent("ticker", "").param("count", 100))
@@ -477,9 +497,13 @@ async fn a_reopened_store_replays_a_finished_run_exactly() {
         .run;
     let original = all_events(&f.engine, &run.run_id, None).await;
     f.engine.shutdown(Duration::from_secs(5)).await;
-    let Fixture { dir, engine, gated } = f;
+    let Fixture {
+        backend,
+        engine,
+        gated,
+    } = f;
     drop(engine);
-    let engine = open_engine(&dir, &gated, config()).await;
+    let engine = open_engine(&backend, &gated, backend.config()).await;
     let resume = engine.resume(&run.run_id, Some(49)).await.unwrap();
     assert!(matches!(
         resume.meta[..],
@@ -492,13 +516,10 @@ async fn a_reopened_store_replays_a_finished_run_exactly() {
     assert_eq!(replayed, original[50..]);
 }
 
-#[tokio::test]
-async fn an_engine_takes_over_what_a_dead_process_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
+async fn an_engine_takes_over_what_a_dead_process_left(backend: Backend) {
     let (interrupted, queued) = {
         // What a process killed mid-run leaves behind: one RUNNING run with events, one PENDING.
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = backend.store().await;
         let mut running = NewRun::new(RunTarget::new(RunKind::Agent, "echo"), "a b");
         running.run_id = RunId::parse("was-running").unwrap();
         let running = store.create_run(running).await.unwrap().run().clone();
@@ -525,7 +546,7 @@ async fn an_engine_takes_over_what_a_dead_process_left() {
         (running.run_id, queued.run_id)
     };
     let gated = Gated::new();
-    let engine = open_engine(&dir, &gated, config()).await;
+    let engine = open_engine(&backend, &gated, backend.config()).await;
     let run = engine.wait(&interrupted).await.unwrap();
     assert_eq!(run.status, RunStatus::Error);
     assert_eq!(run.error.as_deref(), Some("interrupted"));
@@ -537,12 +558,10 @@ async fn an_engine_takes_over_what_a_dead_process_left() {
     assert_eq!(queued.content.as_deref(), Some("still queued"));
 }
 
-#[tokio::test]
-async fn a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine(backend: Backend) {
     let mut gated = Gated::new();
     gated.retryable = true;
-    let engine = open_engine(&dir, &gated, config()).await;
+    let engine = open_engine(&backend, &gated, backend.config()).await;
     let run = engine
         .start(StartRequest::agent("gated", "again"))
         .await
@@ -554,7 +573,7 @@ async fn a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine()
     assert_eq!(stored.status, RunStatus::Running, "left for recovery");
     drop(engine);
 
-    let engine = open_engine(&dir, &gated, config()).await;
+    let engine = open_engine(&backend, &gated, backend.config()).await;
     gated.gate.add_permits(1);
     let run = engine.wait(&run.run_id).await.unwrap();
     assert_eq!(run.status, RunStatus::Completed);
@@ -564,9 +583,8 @@ async fn a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine()
     assert_eq!(events.last().unwrap().event_type(), "RunCompleted");
 }
 
-#[tokio::test]
-async fn shutdown_past_the_grace_period_interrupts_what_still_runs() {
-    let f = fixture().await;
+async fn shutdown_past_the_grace_period_interrupts_what_still_runs(backend: Backend) {
+    let f = fixture(backend).await;
     let run = f
         .engine
         .start(StartRequest::agent("gated", "x"))
@@ -588,5 +606,40 @@ async fn shutdown_past_the_grace_period_interrupts_what_still_runs() {
         f.engine.start(StartRequest::agent("echo", "late")).await,
         Err(EngineError::ShuttingDown)
     ));
-    drop(f.dir);
+    drop(f.backend);
 }
+
+/// Every test above, once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::sqlite()).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::postgres()).await
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    a_background_run_is_pending_at_once_and_polls_to_completion,
+    resume_after_any_index_gives_exactly_the_rest,
+    a_live_resume_catches_up_then_follows,
+    cancelling_a_running_run_keeps_its_partial_content,
+    a_cancel_before_start_ends_the_later_run_without_running_it,
+    queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled,
+    failures_and_panics_end_the_run_error_and_disturb_nothing_else,
+    bad_requests_are_typed_errors,
+    an_idempotency_key_returns_the_first_run,
+    events_evicted_from_memory_are_read_from_the_store,
+    a_reopened_store_replays_a_finished_run_exactly,
+    an_engine_takes_over_what_a_dead_process_left,
+    a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine,
+    shutdown_past_the_grace_period_interrupts_what_still_runs,
+);
