@@ -30,6 +30,7 @@
 
 mod codec;
 mod lock;
+mod ops;
 mod reader;
 mod schema;
 mod store;

@@ -14,8 +14,8 @@ use crate::codec::{
     decode_cursor, encode_cursor, index_from_sql, run_from_row, RUN_COLUMNS, RUN_COLUMNS_R,
     SEQ_COLUMN,
 };
+use crate::ops::now_millis;
 use crate::schema;
-use crate::writer::now_millis;
 
 /// How many idle read connections are kept; more may be open at once under load.
 const MAX_IDLE: usize = 8;

@@ -2,25 +2,25 @@
 //!
 //! Async callers send a [`Command`] over a bounded channel and await a oneshot reply. The thread
 //! takes the first queued command and every other one already queued (up to [`MAX_BATCH`]),
-//! runs them all in one transaction, each inside its own savepoint so that a command that fails
-//! (a lost compare-and-set, an index conflict, a taken run id) undoes only its own writes, commits
-//! once, and only then replies: a caller learns of success only once its write is durable.
+//! runs them all in one transaction, commits once, and only then replies: a caller learns of
+//! success only once its write is committed. A command that is refused (a lost compare-and-set,
+//! an index conflict, a taken run id) has written nothing and fails alone; see
+//! `Writer::guarded` for how that holds without a savepoint per command.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bgrun_core::{
-    now, CreateOutcome, Event, InvalidTransition, LeaseGrant, NewRun, RunId, RunStatus, StoreError,
-    StoreResult, Timestamp, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+    now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Timestamp,
+    Transition, TransitionOutcome,
 };
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS};
 use crate::lock::FileLock;
-use crate::schema;
+use crate::{ops, schema};
 
 /// The most commands one transaction takes.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -182,6 +182,7 @@ pub(crate) struct Writer {
 }
 
 /// The transaction of the current batch cannot be trusted any more.
+#[derive(Debug)]
 struct Broken(String);
 
 impl Writer {
@@ -252,7 +253,7 @@ impl Writer {
     fn run_command(&self, command: Command, now_secs: Timestamp) -> Result<Done, Broken> {
         Ok(match command {
             Command::Create { run, reply } => {
-                Done::Create(reply, self.guarded(|conn| create(conn, *run))?)
+                Done::Create(reply, self.guarded(|conn| ops::create(conn, *run))?)
             }
             Command::Append {
                 run_id,
@@ -260,7 +261,7 @@ impl Writer {
                 reply,
             } => Done::Unit(
                 reply,
-                self.guarded(|conn| append(conn, &run_id, &events, now_secs))?,
+                self.guarded(|conn| ops::append(conn, &run_id, &events, now_secs))?,
             ),
             Command::Transition {
                 run_id,
@@ -269,11 +270,11 @@ impl Writer {
                 reply,
             } => Done::Transition(
                 reply,
-                self.guarded(|conn| transition_run(conn, &run_id, &transition, &events))?,
+                self.guarded(|conn| ops::transition(conn, &run_id, &transition, &events))?,
             ),
             Command::RequestCancel { run_id, at, reply } => Done::Unit(
                 reply,
-                self.guarded(|conn| request_cancel(conn, &run_id, at))?,
+                self.guarded(|conn| ops::request_cancel(conn, &run_id, at))?,
             ),
             Command::AcquireLease {
                 run_id,
@@ -282,47 +283,48 @@ impl Writer {
                 reply,
             } => Done::Lease(
                 reply,
-                self.guarded(|conn| acquire_lease(conn, &run_id, &owner, ttl))?,
+                self.guarded(|conn| ops::acquire_lease(conn, &run_id, &owner, ttl))?,
             ),
-            Command::RenewLeases { owner, ttl, reply } => {
-                Done::Count(reply, self.guarded(|conn| renew_leases(conn, &owner, ttl))?)
-            }
+            Command::RenewLeases { owner, ttl, reply } => Done::Count(
+                reply,
+                self.guarded(|conn| ops::renew_leases(conn, &owner, ttl))?,
+            ),
             Command::ReleaseLease {
                 run_id,
                 owner,
                 reply,
             } => Done::Unit(
                 reply,
-                self.guarded(|conn| release_lease(conn, &run_id, &owner))?,
+                self.guarded(|conn| ops::release_lease(conn, &run_id, &owner))?,
             ),
         })
     }
 
-    /// Runs `op` inside `SAVEPOINT cmd`: kept on success, undone on failure. An error that
-    /// leaves the transaction unusable breaks the whole batch.
+    /// Runs one write of the batch.
+    ///
+    /// Every write checks what can refuse it (a taken id, a lost compare-and-set, an index
+    /// that does not continue the log) before it changes a row, so a refused write has written
+    /// nothing and the batch goes on without it. That is what a savepoint per write would
+    /// guarantee, without the cost of one (SQLite copies each page a savepoint touches).
+    /// A write that fails after changing rows (an I/O error, a full disk) breaks the batch: it
+    /// is rolled back and every write in it fails.
     fn guarded<T>(
         &self,
         op: impl FnOnce(&Connection) -> StoreResult<T>,
     ) -> Result<StoreResult<T>, Broken> {
-        let broken = |what: &'static str| move |e: rusqlite::Error| Broken(format!("{what}: {e}"));
-        self.statement("SAVEPOINT cmd")
-            .map_err(broken("SAVEPOINT"))?;
+        let changes_before = self.conn.total_changes();
         let result = op(&self.conn);
-        if self.conn.is_autocommit() {
-            // SQLite rolled the whole transaction back (I/O error, full disk, ...): the writes
-            // of earlier commands in this batch are gone.
-            let why = match &result {
-                Err(error) => error.to_string(),
-                Ok(_) => "the transaction ended unexpectedly".to_owned(),
-            };
-            return Err(Broken(why));
+        if let Err(error) = &result {
+            if self.conn.is_autocommit() {
+                // SQLite rolled the whole transaction back.
+                return Err(Broken(error.to_string()));
+            }
+            if self.conn.total_changes() != changes_before {
+                return Err(Broken(format!(
+                    "a write failed after changing rows: {error}"
+                )));
+            }
         }
-        if result.is_err() {
-            self.statement("ROLLBACK TO cmd")
-                .map_err(broken("ROLLBACK TO SAVEPOINT"))?;
-        }
-        self.statement("RELEASE cmd")
-            .map_err(broken("RELEASE SAVEPOINT"))?;
         Ok(result)
     }
 }
@@ -346,289 +348,10 @@ fn failed_command(command: Command) -> Done {
     }
 }
 
-fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::backend(context, e)
-}
-
-/// The current time in Unix milliseconds, the unit of lease expiry.
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn expiry(now_ms: i64, ttl: Duration) -> i64 {
-    now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcome> {
-    if let Some(key) = &run.idempotency_key {
-        let earlier = conn
-            .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?1"
-            ))
-            .and_then(|mut stmt| stmt.query_row([key], run_from_row).optional())
-            .map_err(sql("looking up an idempotency key"))?;
-        if let Some(earlier) = earlier {
-            if run.created_at.saturating_sub(earlier.created_at) < IDEMPOTENCY_WINDOW_SECS {
-                return Ok(CreateOutcome::Existing(earlier));
-            }
-            // The key's window has passed: it is free for this run.
-            conn.prepare_cached(
-                "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = ?1",
-            )
-            .and_then(|mut stmt| stmt.execute([key]))
-            .map_err(sql("freeing an expired idempotency key"))?;
-        }
-    }
-    let cancel_requested: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_intents WHERE run_id = ?1)")
-        .and_then(|mut stmt| stmt.query_row([run.run_id.as_str()], |row| row.get(0)))
-        .map_err(sql("checking for a cancel intent"))?;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO runs (run_id, session_id, user_id, kind, component_id, parent_run_id, \
-             status, input, params, metadata, idempotency_key, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                run.run_id.as_str(),
-                run.session_id.as_str(),
-                run.user_id,
-                run.target.kind.as_str(),
-                run.target.component_id,
-                run.parent_run_id.as_ref().map(RunId::as_str),
-                RunStatus::Pending.as_str(),
-                run.input,
-                params_to_sql(&run.params),
-                metadata_to_sql(run.metadata.as_ref()),
-                run.idempotency_key,
-                run.created_at,
-            ])
-        });
-    match inserted {
-        Ok(_) => Ok(CreateOutcome::Created {
-            run: run.into_record(),
-            cancel_requested,
-        }),
-        // The idempotency key was checked (and freed if stale) above, so the one unique
-        // constraint left to break is the run id's.
-        Err(rusqlite::Error::SqliteFailure(error, _))
-            if error.code == ErrorCode::ConstraintViolation =>
-        {
-            Err(StoreError::RunExists(run.run_id))
-        }
-        Err(error) => Err(StoreError::backend("inserting a run", error)),
-    }
-}
-
-/// Checks that `events` continue a log whose last index is `last`, stores them, and moves the
-/// run's `last_event_index`. Nothing is written when they do not fit.
-fn store_events(
-    conn: &Connection,
-    run_id: &RunId,
-    seq: i64,
-    last: Option<i64>,
-    events: &[Event],
-) -> StoreResult<Option<i64>> {
-    if events.is_empty() {
-        return Ok(last);
-    }
-    let next = match last {
-        Some(last) => u64::try_from(last).map_or(0, |last| last + 1),
-        None => 0,
-    };
-    for (offset, event) in (0u64..).zip(events) {
-        if event.index() != next + offset {
-            return Err(StoreError::IndexConflict {
-                run_id: run_id.clone(),
-                expected: next + offset,
-                got: event.index(),
-            });
-        }
-    }
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO events (run_seq, event_index, event_type, json) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(sql("preparing the event insert"))?;
-    let mut last_index = last;
-    for event in events {
-        let index = index_to_sql(event.index())?;
-        insert
-            .execute(params![seq, index, event.event_type(), event.json()])
-            .map_err(sql("inserting an event"))?;
-        last_index = Some(index);
-    }
-    Ok(last_index)
-}
-
-fn append(
-    conn: &Connection,
-    run_id: &RunId,
-    events: &[Event],
-    now_secs: Timestamp,
-) -> StoreResult<()> {
-    let found = conn
-        .prepare_cached("SELECT seq, status, last_event_index FROM runs WHERE run_id = ?1")
-        .and_then(|mut stmt| {
-            stmt.query_row([run_id.as_str()], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Option<i64>>(2)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(sql("reading a run to append to"))?;
-    let Some((seq, status, last)) = found else {
-        return Err(StoreError::RunNotFound(run_id.clone()));
-    };
-    let status = RunStatus::parse(&status).map_err(|e| StoreError::backend("reading a run", e))?;
-    if status.is_terminal() {
-        // bgrun-core has no error for "this run has ended"; the status machine's is the
-        // closest: a terminal status has no exit (the conformance suite expects this one).
-        return Err(InvalidTransition {
-            from: status,
-            to: status,
-        }
-        .into());
-    }
-    if events.is_empty() {
-        return Ok(());
-    }
-    let last = store_events(conn, run_id, seq, last, events)?;
-    conn.prepare_cached(
-        "UPDATE runs SET last_event_index = ?1, updated_at = MAX(updated_at, ?2) WHERE seq = ?3",
-    )
-    .and_then(|mut stmt| stmt.execute(params![last, now_secs, seq]))
-    .map_err(sql("updating a run's last event"))?;
-    Ok(())
-}
-
-fn transition_run(
-    conn: &Connection,
-    run_id: &RunId,
-    transition: &Transition,
-    events: &[Event],
-) -> StoreResult<TransitionOutcome> {
-    transition.from.check_transition(transition.to)?;
-    // The compare-and-set: one statement, applied only if the run is still in `from`.
-    let updated = conn
-        .prepare_cached(&format!(
-            "UPDATE runs SET status = ?1, updated_at = ?2, \
-             content = COALESCE(?3, content), error = COALESCE(?4, error), \
-             cancellation_stage = COALESCE(?5, cancellation_stage) \
-             WHERE run_id = ?6 AND status = ?7 RETURNING {RUN_COLUMNS}"
-        ))
-        .and_then(|mut stmt| {
-            stmt.query_row(
-                params![
-                    transition.to.as_str(),
-                    transition.at,
-                    transition.content,
-                    transition.error,
-                    transition.cancellation_stage.map(|stage| stage.as_str()),
-                    run_id.as_str(),
-                    transition.from.as_str(),
-                ],
-                |row| {
-                    Ok((
-                        run_from_row(row)?,
-                        row.get::<_, i64>(crate::codec::SEQ_COLUMN)?,
-                    ))
-                },
-            )
-            .optional()
-        })
-        .map_err(sql("updating a run's status"))?;
-    let Some((mut record, seq)) = updated else {
-        let actual: Option<String> = conn
-            .prepare_cached("SELECT status FROM runs WHERE run_id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row([run_id.as_str()], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(sql("reading a run's status"))?;
-        return match actual {
-            None => Err(StoreError::RunNotFound(run_id.clone())),
-            Some(actual) => Ok(TransitionOutcome::Conflict {
-                actual: RunStatus::parse(&actual)
-                    .map_err(|e| StoreError::backend("reading a run's status", e))?,
-            }),
-        };
-    };
-    if !events.is_empty() {
-        let last = record.last_event_index.map(index_to_sql).transpose()?;
-        let last = store_events(conn, run_id, seq, last, events)?;
-        conn.prepare_cached("UPDATE runs SET last_event_index = ?1 WHERE seq = ?2")
-            .and_then(|mut stmt| stmt.execute(params![last, seq]))
-            .map_err(sql("updating a run's last event"))?;
-        record.last_event_index = events.last().map(Event::index);
-    }
-    Ok(TransitionOutcome::Applied(Box::new(record)))
-}
-
-fn request_cancel(conn: &Connection, run_id: &RunId, at: Timestamp) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO cancel_intents (run_id, requested_at) VALUES (?1, ?2) \
-         ON CONFLICT (run_id) DO NOTHING",
-    )
-    .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), at]))
-    .map_err(sql("recording a cancel intent"))?;
-    Ok(())
-}
-
-fn acquire_lease(
-    conn: &Connection,
-    run_id: &RunId,
-    owner: &str,
-    ttl: Duration,
-) -> StoreResult<LeaseGrant> {
-    let now_ms = now_millis();
-    let changed = conn
-        .prepare_cached(
-            "INSERT INTO leases (run_id, owner, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, \
-             expires_at = excluded.expires_at \
-             WHERE leases.owner = excluded.owner OR leases.expires_at <= ?4",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![run_id.as_str(), owner, expiry(now_ms, ttl), now_ms])
-        })
-        .map_err(sql("taking a lease"))?;
-    if changed > 0 {
-        return Ok(LeaseGrant::Granted);
-    }
-    let holder: String = conn
-        .prepare_cached("SELECT owner FROM leases WHERE run_id = ?1")
-        .and_then(|mut stmt| stmt.query_row([run_id.as_str()], |row| row.get(0)))
-        .map_err(sql("reading a lease"))?;
-    Ok(LeaseGrant::HeldBy(holder))
-}
-
-fn renew_leases(conn: &Connection, owner: &str, ttl: Duration) -> StoreResult<u64> {
-    let now_ms = now_millis();
-    let renewed = conn
-        .prepare_cached("UPDATE leases SET expires_at = ?1 WHERE owner = ?2 AND expires_at > ?3")
-        .and_then(|mut stmt| stmt.execute(params![expiry(now_ms, ttl), owner, now_ms]))
-        .map_err(sql("renewing leases"))?;
-    Ok(renewed as u64)
-}
-
-fn release_lease(conn: &Connection, run_id: &RunId, owner: &str) -> StoreResult<()> {
-    conn.prepare_cached("DELETE FROM leases WHERE run_id = ?1 AND owner = ?2")
-        .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), owner]))
-        .map_err(sql("releasing a lease"))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use bgrun_core::{Envelope, RunKind, RunTarget};
+    use bgrun_core::{Envelope, RunKind, RunStatus, RunTarget, IDEMPOTENCY_WINDOW_SECS};
+    use rusqlite::OptionalExtension;
 
     use super::*;
 
@@ -800,5 +523,60 @@ mod tests {
             matches!(&outcomes[2], CreateOutcome::Created { run, .. } if run.run_id.as_str() == "later")
         );
         assert_eq!(writer.stats.batches.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_write_that_fails_after_changing_rows_breaks_the_batch() {
+        let (_dir, writer) = writer();
+        writer.statement("BEGIN IMMEDIATE").unwrap();
+        let refused = writer
+            .guarded(|_| -> StoreResult<()> {
+                Err(StoreError::RunNotFound(RunId::parse("x").unwrap()))
+            })
+            .unwrap();
+        assert!(matches!(refused, Err(StoreError::RunNotFound(_))));
+        let half_done = writer.guarded(|conn| -> StoreResult<()> {
+            conn.execute("INSERT INTO cancel_intents VALUES ('x', 1)", [])
+                .unwrap();
+            Err(StoreError::backend("test", "failed halfway"))
+        });
+        assert!(matches!(half_done, Err(Broken(why)) if why.contains("failed halfway")));
+    }
+
+    #[test]
+    fn a_taken_run_id_does_not_free_an_expired_idempotency_key() {
+        let (_dir, mut writer) = writer();
+        let mut old = new_run("old");
+        old.idempotency_key = Some("k".into());
+        old.created_at = 1_000;
+        let mut clash = new_run("old");
+        clash.idempotency_key = Some("k".into());
+        clash.created_at = 1_000 + IDEMPOTENCY_WINDOW_SECS;
+        let (first, mut first_done) = oneshot::channel();
+        let (second, mut second_done) = oneshot::channel();
+        writer.execute(&mut vec![
+            Command::Create {
+                run: Box::new(old),
+                reply: first,
+            },
+            Command::Create {
+                run: Box::new(clash),
+                reply: second,
+            },
+        ]);
+        first_done.try_recv().unwrap().unwrap();
+        assert!(matches!(
+            second_done.try_recv().unwrap(),
+            Err(StoreError::RunExists(_))
+        ));
+        let key: Option<String> = writer
+            .conn
+            .query_row(
+                "SELECT idempotency_key FROM runs WHERE run_id = 'old'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(key.as_deref(), Some("k"));
     }
 }

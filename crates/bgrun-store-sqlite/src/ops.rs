@@ -1,0 +1,361 @@
+//! The SQL of each write, run by the writer thread inside the batch transaction.
+//!
+//! Every write checks whatever can refuse it before it changes a row: a refused write has
+//! written nothing (the writer relies on it). The common case costs one statement per write plus
+//! one insert per event: the status and the event index are both checked by the `WHERE` of the
+//! `UPDATE` that moves them. Only a write that is refused reads the run again, to say why.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bgrun_core::{
+    CreateOutcome, Event, InvalidTransition, LeaseGrant, NewRun, RunId, RunStatus, StoreError,
+    StoreResult, Timestamp, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+
+use crate::codec::{
+    index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS, SEQ_COLUMN,
+};
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::backend(context, e)
+}
+
+/// The current time in Unix milliseconds, the unit of lease expiry.
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn expiry(now_ms: i64, ttl: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `Store::create_run`.
+pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcome> {
+    if let Some(key) = &run.idempotency_key {
+        let earlier = conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?1"
+            ))
+            .and_then(|mut stmt| stmt.query_row([key], run_from_row).optional())
+            .map_err(sql("looking up an idempotency key"))?;
+        if let Some(earlier) = earlier {
+            if run.created_at.saturating_sub(earlier.created_at) < IDEMPOTENCY_WINDOW_SECS {
+                return Ok(CreateOutcome::Existing(earlier));
+            }
+            // The key's window has passed: it is free for this run, if the run can be created
+            // (a refused write must change nothing).
+            let taken: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)")
+                .and_then(|mut stmt| stmt.query_row([run.run_id.as_str()], |row| row.get(0)))
+                .map_err(sql("checking a run id"))?;
+            if taken {
+                return Err(StoreError::RunExists(run.run_id));
+            }
+            conn.prepare_cached(
+                "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute([key]))
+            .map_err(sql("freeing an expired idempotency key"))?;
+        }
+    }
+    let cancel_requested: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_intents WHERE run_id = ?1)")
+        .and_then(|mut stmt| stmt.query_row([run.run_id.as_str()], |row| row.get(0)))
+        .map_err(sql("checking for a cancel intent"))?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO runs (run_id, session_id, user_id, kind, component_id, parent_run_id, \
+             status, input, params, metadata, idempotency_key, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                run.run_id.as_str(),
+                run.session_id.as_str(),
+                run.user_id,
+                run.target.kind.as_str(),
+                run.target.component_id,
+                run.parent_run_id.as_ref().map(RunId::as_str),
+                RunStatus::Pending.as_str(),
+                run.input,
+                params_to_sql(&run.params),
+                metadata_to_sql(run.metadata.as_ref()),
+                run.idempotency_key,
+                run.created_at,
+            ])
+        });
+    match inserted {
+        Ok(_) => Ok(CreateOutcome::Created {
+            run: run.into_record(),
+            cancel_requested,
+        }),
+        // The idempotency key was checked (and freed if stale) above, so the one unique
+        // constraint left to break is the run id's.
+        Err(rusqlite::Error::SqliteFailure(error, _))
+            if error.code == ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::RunExists(run.run_id))
+        }
+        Err(error) => Err(StoreError::backend("inserting a run", error)),
+    }
+}
+
+/// The index a log whose last index is `last` takes next.
+fn next_index(last: Option<u64>) -> u64 {
+    last.map_or(0, |last| last + 1)
+}
+
+/// The first event of `events` that does not continue a log whose next index is `next`.
+fn misfit(run_id: &RunId, next: u64, events: &[Event]) -> Option<StoreError> {
+    (0u64..)
+        .zip(events)
+        .find(|(offset, event)| event.index() != next + offset)
+        .map(|(offset, event)| StoreError::IndexConflict {
+            run_id: run_id.clone(),
+            expected: next + offset,
+            got: event.index(),
+        })
+}
+
+/// The `last_event_index` a log must have for `events` to continue it, and the one it has
+/// after them; `None` when `events` do not even follow each other (or are empty).
+fn expected_and_new_last(events: &[Event]) -> StoreResult<Option<(Option<i64>, i64)>> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let consecutive = events
+        .windows(2)
+        .all(|pair| pair[0].index().checked_add(1) == Some(pair[1].index()));
+    if !consecutive {
+        return Ok(None);
+    }
+    let expected = first.index().checked_sub(1).map(index_to_sql).transpose()?;
+    Ok(Some((expected, index_to_sql(last.index())?)))
+}
+
+/// The run's seq, status and last event index, read to explain a refused write.
+fn log_state(conn: &Connection, run_id: &RunId) -> StoreResult<(i64, RunStatus, Option<u64>)> {
+    let found = conn
+        .prepare_cached("SELECT seq, status, last_event_index FROM runs WHERE run_id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([run_id.as_str()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql("reading a run"))?;
+    let (seq, status, last) = found.ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+    let status = RunStatus::parse(&status).map_err(|e| StoreError::backend("reading a run", e))?;
+    let last = last
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|e| StoreError::backend("reading a run", e))?;
+    Ok((seq, status, last))
+}
+
+/// What a refused write should have looked like: `Ok` only if, on a second look, it fits.
+fn explain_refusal(run_id: &RunId, last: Option<u64>, events: &[Event]) -> StoreResult<()> {
+    match misfit(run_id, next_index(last), events) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn insert_events(conn: &Connection, seq: i64, events: &[Event]) -> StoreResult<()> {
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (run_seq, event_index, event_type, json) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql("preparing the event insert"))?;
+    for event in events {
+        insert
+            .execute(params![
+                seq,
+                index_to_sql(event.index())?,
+                event.event_type(),
+                event.json()
+            ])
+            .map_err(sql("inserting an event"))?;
+    }
+    Ok(())
+}
+
+/// The error for appending to a run that has ended.
+fn ended(status: RunStatus) -> StoreError {
+    // bgrun-core has no error for "this run has ended"; the status machine's is the closest
+    // (a terminal status has no exit), and the conformance suite's reference store uses it too.
+    InvalidTransition {
+        from: status,
+        to: status,
+    }
+    .into()
+}
+
+/// `Store::append_events`.
+pub(crate) fn append(
+    conn: &Connection,
+    run_id: &RunId,
+    events: &[Event],
+    now_secs: Timestamp,
+) -> StoreResult<()> {
+    if let Some((expected_last, new_last)) = expected_and_new_last(events)? {
+        // Applied only to a live run whose log ends right before `events`.
+        let seq = conn
+            .prepare_cached(
+                "UPDATE runs SET last_event_index = ?1, updated_at = MAX(updated_at, ?2) \
+                 WHERE run_id = ?3 AND status IN ('PENDING', 'RUNNING', 'PAUSED') \
+                 AND last_event_index IS ?4 RETURNING seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![new_last, now_secs, run_id.as_str(), expected_last],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .map_err(sql("moving a run's last event index"))?;
+        if let Some(seq) = seq {
+            return insert_events(conn, seq, events);
+        }
+    }
+    // Refused, empty, or not consecutive: say why (or accept an empty append to a live run).
+    let (_, status, last) = log_state(conn, run_id)?;
+    if status.is_terminal() {
+        return Err(ended(status));
+    }
+    explain_refusal(run_id, last, events)?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::backend(
+        "appending events",
+        format!("run {run_id} refused events that fit its log"),
+    ))
+}
+
+/// `Store::transition`.
+pub(crate) fn transition(
+    conn: &Connection,
+    run_id: &RunId,
+    transition: &Transition,
+    events: &[Event],
+) -> StoreResult<TransitionOutcome> {
+    transition.from.check_transition(transition.to)?;
+    let fits = expected_and_new_last(events)?;
+    if events.is_empty() || fits.is_some() {
+        // The compare-and-set, of the status and (with events) of the log's end, in one
+        // statement. `?9` is 1 when there are no events: the log is then left as it is.
+        let (expected_last, new_last) = match fits {
+            Some((expected, new_last)) => (expected, Some(new_last)),
+            None => (None, None),
+        };
+        let updated = conn
+            .prepare_cached(&format!(
+                "UPDATE runs SET status = ?1, updated_at = ?2, \
+                 content = COALESCE(?3, content), error = COALESCE(?4, error), \
+                 cancellation_stage = COALESCE(?5, cancellation_stage), \
+                 last_event_index = COALESCE(?8, last_event_index) \
+                 WHERE run_id = ?6 AND status = ?7 AND (?9 OR last_event_index IS ?10) \
+                 RETURNING {RUN_COLUMNS}"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        transition.to.as_str(),
+                        transition.at,
+                        transition.content,
+                        transition.error,
+                        transition.cancellation_stage.map(|stage| stage.as_str()),
+                        run_id.as_str(),
+                        transition.from.as_str(),
+                        new_last,
+                        events.is_empty(),
+                        expected_last,
+                    ],
+                    |row| Ok((run_from_row(row)?, row.get::<_, i64>(SEQ_COLUMN)?)),
+                )
+                .optional()
+            })
+            .map_err(sql("updating a run's status"))?;
+        if let Some((record, seq)) = updated {
+            insert_events(conn, seq, events)?;
+            return Ok(TransitionOutcome::Applied(Box::new(record)));
+        }
+    }
+    // Refused: say why. The status is compared first, as the loser of a race must learn it.
+    let (_, status, last) = log_state(conn, run_id)?;
+    if status != transition.from {
+        return Ok(TransitionOutcome::Conflict { actual: status });
+    }
+    explain_refusal(run_id, last, events)?;
+    Err(StoreError::backend(
+        "changing a run's status",
+        format!("run {run_id} refused a transition that fits it"),
+    ))
+}
+
+/// `Store::request_cancel`: the first intent's time is kept.
+pub(crate) fn request_cancel(conn: &Connection, run_id: &RunId, at: Timestamp) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO cancel_intents (run_id, requested_at) VALUES (?1, ?2) \
+         ON CONFLICT (run_id) DO NOTHING",
+    )
+    .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), at]))
+    .map_err(sql("recording a cancel intent"))?;
+    Ok(())
+}
+
+/// `Store::acquire_lease`.
+pub(crate) fn acquire_lease(
+    conn: &Connection,
+    run_id: &RunId,
+    owner: &str,
+    ttl: Duration,
+) -> StoreResult<LeaseGrant> {
+    let now_ms = now_millis();
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO leases (run_id, owner, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, \
+             expires_at = excluded.expires_at \
+             WHERE leases.owner = excluded.owner OR leases.expires_at <= ?4",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![run_id.as_str(), owner, expiry(now_ms, ttl), now_ms])
+        })
+        .map_err(sql("taking a lease"))?;
+    if changed > 0 {
+        return Ok(LeaseGrant::Granted);
+    }
+    let holder: String = conn
+        .prepare_cached("SELECT owner FROM leases WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([run_id.as_str()], |row| row.get(0)))
+        .map_err(sql("reading a lease"))?;
+    Ok(LeaseGrant::HeldBy(holder))
+}
+
+/// `Store::renew_leases`: only live leases are extended.
+pub(crate) fn renew_leases(conn: &Connection, owner: &str, ttl: Duration) -> StoreResult<u64> {
+    let now_ms = now_millis();
+    let renewed = conn
+        .prepare_cached("UPDATE leases SET expires_at = ?1 WHERE owner = ?2 AND expires_at > ?3")
+        .and_then(|mut stmt| stmt.execute(params![expiry(now_ms, ttl), owner, now_ms]))
+        .map_err(sql("renewing leases"))?;
+    Ok(renewed as u64)
+}
+
+/// `Store::release_lease`.
+pub(crate) fn release_lease(conn: &Connection, run_id: &RunId, owner: &str) -> StoreResult<()> {
+    conn.prepare_cached("DELETE FROM leases WHERE run_id = ?1 AND owner = ?2")
+        .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), owner]))
+        .map_err(sql("releasing a lease"))?;
+    Ok(())
+}
