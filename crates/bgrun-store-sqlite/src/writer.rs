@@ -231,8 +231,7 @@ impl Writer {
         let now_secs = now();
         let outcome = (|| {
             for command in batch.drain(..) {
-                let done = self.run_command(command, now_secs)?;
-                self.done.push(done);
+                self.run_command(command, now_secs)?;
             }
             self.statement("COMMIT").map_err(broken("COMMIT"))
         })();
@@ -249,19 +248,24 @@ impl Writer {
         self.conn.prepare_cached(sql)?.execute([]).map(drop)
     }
 
-    /// Runs one command inside a savepoint, rolled back if the command fails.
-    fn run_command(&self, command: Command, now_secs: Timestamp) -> Result<Done, Broken> {
-        Ok(match command {
-            Command::Create { run, reply } => {
-                Done::Create(reply, self.guarded(|conn| ops::create(conn, *run))?)
-            }
+    /// Runs one command; its result waits in `self.done` for the commit. `Err` when the batch
+    /// broke (the command's own reply then carries the error).
+    fn run_command(&mut self, command: Command, now_secs: Timestamp) -> Result<(), Broken> {
+        let mut broken = None;
+        let done = match command {
+            Command::Create { run, reply } => Done::Create(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| ops::create(conn, *run)),
+            ),
             Command::Append {
                 run_id,
                 events,
                 reply,
             } => Done::Unit(
                 reply,
-                self.guarded(|conn| ops::append(conn, &run_id, &events, now_secs))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::append(conn, &run_id, &events, now_secs)
+                }),
             ),
             Command::Transition {
                 run_id,
@@ -270,11 +274,15 @@ impl Writer {
                 reply,
             } => Done::Transition(
                 reply,
-                self.guarded(|conn| ops::transition(conn, &run_id, &transition, &events))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::transition(conn, &run_id, &transition, &events)
+                }),
             ),
             Command::RequestCancel { run_id, at, reply } => Done::Unit(
                 reply,
-                self.guarded(|conn| ops::request_cancel(conn, &run_id, at))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::request_cancel(conn, &run_id, at)
+                }),
             ),
             Command::AcquireLease {
                 run_id,
@@ -283,11 +291,15 @@ impl Writer {
                 reply,
             } => Done::Lease(
                 reply,
-                self.guarded(|conn| ops::acquire_lease(conn, &run_id, &owner, ttl))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::acquire_lease(conn, &run_id, &owner, ttl)
+                }),
             ),
             Command::RenewLeases { owner, ttl, reply } => Done::Count(
                 reply,
-                self.guarded(|conn| ops::renew_leases(conn, &owner, ttl))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::renew_leases(conn, &owner, ttl)
+                }),
             ),
             Command::ReleaseLease {
                 run_id,
@@ -295,38 +307,44 @@ impl Writer {
                 reply,
             } => Done::Unit(
                 reply,
-                self.guarded(|conn| ops::release_lease(conn, &run_id, &owner))?,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::release_lease(conn, &run_id, &owner)
+                }),
             ),
-        })
+        };
+        self.done.push(done);
+        broken.map_or(Ok(()), Err)
     }
+}
 
-    /// Runs one write of the batch.
-    ///
-    /// Every write checks what can refuse it (a taken id, a lost compare-and-set, an index
-    /// that does not continue the log) before it changes a row, so a refused write has written
-    /// nothing and the batch goes on without it. That is what a savepoint per write would
-    /// guarantee, without the cost of one (SQLite copies each page a savepoint touches).
-    /// A write that fails after changing rows (an I/O error, a full disk) breaks the batch: it
-    /// is rolled back and every write in it fails.
-    fn guarded<T>(
-        &self,
-        op: impl FnOnce(&Connection) -> StoreResult<T>,
-    ) -> Result<StoreResult<T>, Broken> {
-        let changes_before = self.conn.total_changes();
-        let result = op(&self.conn);
-        if let Err(error) = &result {
-            if self.conn.is_autocommit() {
-                // SQLite rolled the whole transaction back.
-                return Err(Broken(error.to_string()));
-            }
-            if self.conn.total_changes() != changes_before {
-                return Err(Broken(format!(
-                    "a write failed after changing rows: {error}"
-                )));
-            }
-        }
-        Ok(result)
+/// Runs one write of the batch.
+///
+/// Every write checks what can refuse it (a taken id, a lost compare-and-set, an index that does
+/// not continue the log) before it changes a row, so a refused write has written nothing and the
+/// batch goes on without it. That is what a savepoint per write would guarantee, without the
+/// cost of one (SQLite copies each page a savepoint touches). A write that fails after changing
+/// rows (an I/O error, a full disk) breaks the batch: `broken` is set, the batch is rolled back
+/// and every write in it fails.
+fn guarded<T>(
+    conn: &Connection,
+    broken: &mut Option<Broken>,
+    op: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let changes_before = conn.total_changes();
+    let result = op(conn);
+    if let Err(error) = &result {
+        let why = if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back.
+            format!("the transaction was rolled back: {error}")
+        } else if conn.total_changes() != changes_before {
+            format!("a write failed after changing rows: {error}")
+        } else {
+            return result;
+        };
+        *broken = Some(Broken(why.clone()));
+        return Err(StoreError::backend("writing a batch", why));
     }
+    result
 }
 
 /// The reply of a command the batch never reached.
@@ -529,18 +547,19 @@ mod tests {
     fn a_write_that_fails_after_changing_rows_breaks_the_batch() {
         let (_dir, writer) = writer();
         writer.statement("BEGIN IMMEDIATE").unwrap();
-        let refused = writer
-            .guarded(|_| -> StoreResult<()> {
-                Err(StoreError::RunNotFound(RunId::parse("x").unwrap()))
-            })
-            .unwrap();
+        let mut broken = None;
+        let refused = guarded(&writer.conn, &mut broken, |_| -> StoreResult<()> {
+            Err(StoreError::RunNotFound(RunId::parse("x").unwrap()))
+        });
         assert!(matches!(refused, Err(StoreError::RunNotFound(_))));
-        let half_done = writer.guarded(|conn| -> StoreResult<()> {
+        assert!(broken.is_none());
+        let half_done = guarded(&writer.conn, &mut broken, |conn| -> StoreResult<()> {
             conn.execute("INSERT INTO cancel_intents VALUES ('x', 1)", [])
                 .unwrap();
             Err(StoreError::backend("test", "failed halfway"))
         });
-        assert!(matches!(half_done, Err(Broken(why)) if why.contains("failed halfway")));
+        assert!(matches!(half_done, Err(StoreError::Backend { .. })));
+        assert!(matches!(broken, Some(Broken(why)) if why.contains("failed halfway")));
     }
 
     #[test]
