@@ -21,11 +21,18 @@
 //! # }
 //! ```
 //!
-//! WAL mode with `synchronous = NORMAL`; one writer thread owns the only writing connection and
-//! commits every write queued at the moment in one transaction (group commit), each write in a
-//! savepoint of its own so that one failing write undoes only itself; reads run on a pool of
-//! read-only connections on tokio's blocking pool. One process per file: a lock on
-//! `<path>.lock` makes a second opener fail with [`StoreError::Locked`](bgrun_core::StoreError).
+//! How it works:
+//!
+//! - WAL mode, `synchronous = NORMAL`; the schema is versioned (`PRAGMA user_version`) and
+//!   migrated in one transaction when the store opens.
+//! - One writer thread owns the only writing connection. It commits every write queued at the
+//!   moment in one transaction (group commit) and replies once that transaction is committed. A
+//!   refused write (a lost compare-and-set, an index conflict, a taken id) writes nothing, so it
+//!   fails alone while the rest of its batch commits.
+//! - Reads run on a small pool of read-only connections on tokio's blocking pool.
+//! - One process per file: a lock on `<path>.lock`, held until the store is dropped, makes a
+//!   second opener (in any process) fail with
+//!   [`StoreError::Locked`](bgrun_core::StoreError::Locked).
 #![deny(missing_docs)]
 
 mod codec;
