@@ -69,7 +69,7 @@ fn test_all() -> Result<()> {
     run(
         "tests (SQLite and PostgreSQL) and doc tests",
         cargo()
-            .args(["test", "--workspace", "--all-features"])
+            .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
             .env(pg::URL_VAR, &url),
     )?;
     eprintln!("\ntest-all: every step passed");

@@ -1,6 +1,6 @@
 //! The state an engine keeps for a run it executes: its log writer, content, cancellation.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bgrun_buffer::{LogError, StreamWriter};
 use bgrun_core::{Envelope, Event, RunId, RunKind, RunStatus, SessionId};
@@ -21,6 +21,11 @@ pub(crate) struct ActiveRun {
     /// The status as this engine knows it; terminal once the run's end is stored.
     pub(crate) status: watch::Sender<RunStatus>,
     store_failure: Mutex<Option<String>>,
+    /// Runs this run started (team members, workflow steps).
+    children: Mutex<Vec<Arc<ActiveRun>>>,
+    /// Fired when the run's task has ended, however it ended (also when it left the run to
+    /// another engine without a terminal status).
+    pub(crate) ended: CancellationToken,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -33,18 +38,52 @@ impl ActiveRun {
         session_id: SessionId,
         kind: RunKind,
         writer: StreamWriter<RunId>,
-        content: String,
+        cancel: CancellationToken,
     ) -> Self {
         Self {
             run_id,
             session_id,
             kind,
             writer,
-            content: Mutex::new(content),
-            cancel: CancellationToken::new(),
+            content: Mutex::new(String::new()),
+            cancel,
             status: watch::Sender::new(RunStatus::Pending),
             store_failure: Mutex::new(None),
+            children: Mutex::new(Vec::new()),
+            ended: CancellationToken::new(),
         }
+    }
+
+    pub(crate) fn add_child(&self, child: Arc<ActiveRun>) {
+        lock(&self.children).push(child);
+    }
+
+    /// Cancels every child still running and waits until each has ended.
+    pub(crate) async fn settle_children(&self) {
+        let children: Vec<Arc<ActiveRun>> = lock(&self.children).drain(..).collect();
+        for child in &children {
+            if !child.status.borrow().is_terminal() {
+                child.cancel.cancel();
+            }
+        }
+        for child in children {
+            child.ended.cancelled().await;
+        }
+    }
+
+    /// Appends a child's event under this run's next index, keeping the child's `run_id`.
+    pub(crate) async fn forward(&self, event: &Event) -> Result<u64, LogError> {
+        let fields = event.fields().ok();
+        self.writer
+            .append(|index| match &fields {
+                Some(fields) => {
+                    let mut fields = fields.clone();
+                    fields.insert("event_index".into(), Value::from(index));
+                    Event::from_parts(index, event.event_type(), Value::Object(fields).to_string())
+                }
+                None => event.clone(),
+            })
+            .await
     }
 
     /// Renders an event of this run for the next index.

@@ -1,14 +1,15 @@
 //! The demo components of `bgrun serve`: deterministic agents that exercise every path of the
-//! engine (streaming, long runs, failure, panic). The HTTP contract's tests depend on them.
+//! engine (streaming, long runs, failure, panic, child runs, parallel steps). The HTTP contract's tests depend on them.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bgrun_core::{ParamSpec, RunKind};
+use bgrun_core::{ParamSpec, RunKind, RunTarget};
 
 use crate::context::RunContext;
 use crate::registry::Registry;
 use crate::runnable::{ComponentInfo, RunFailure, RunOutput, Runnable};
+use crate::workflow::{Step, StepInput, Workflow};
 
 fn delay_param() -> ParamSpec {
     ParamSpec::integer(
@@ -108,7 +109,70 @@ impl Runnable for Fail {
     }
 }
 
+fn count_param() -> ParamSpec {
+    ParamSpec::integer("count", 0, 10_000_000, 10, "ticks of the ticker members")
+}
+
+/// Team `pair`: runs `echo` on the message, then `ticker`, as member runs whose events it
+/// forwards; its own content is the members' outputs, one line each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pair;
+
+#[async_trait]
+impl Runnable for Pair {
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo::new(RunKind::Team, "pair")
+            .description("Runs the echo and ticker agents as members, one after the other.")
+            .param(count_param())
+            .param(delay_param())
+    }
+
+    async fn run(&self, ctx: RunContext) -> Result<RunOutput, RunFailure> {
+        let mut lines = Vec::new();
+        for member in ["echo", "ticker"] {
+            let target = RunTarget::new(RunKind::Agent, member);
+            let run = ctx
+                .run_child(target, ctx.input(), ctx.params().clone())
+                .await?;
+            lines.push(format!("{member}: {}", run.content.unwrap_or_default()));
+        }
+        ctx.emit_content(&lines.join("\n")).await?;
+        Ok(RunOutput::default())
+    }
+}
+
+/// Workflow `pipeline`: `research` (parallel `web` and `deep`, each a `ticker`), `analysis`
+/// (`echo` of the message), then `report`.
+pub fn pipeline() -> Workflow {
+    let info = ComponentInfo::new(RunKind::Workflow, "pipeline")
+        .description("Parallel research, then analysis, then a report.")
+        .param(count_param())
+        .param(delay_param());
+    Workflow::new(
+        info,
+        vec![
+            Step::parallel(
+                "research",
+                vec![Step::agent("web", "ticker"), Step::agent("deep", "ticker")],
+            ),
+            Step::agent("analysis", "echo").on_message(),
+            Step::function("report", |_ctx, input: StepInput| async move {
+                let research = input.outputs.get("research").cloned().unwrap_or_default();
+                Ok(format!(
+                    "Report on {:?}\n{research}\nanalysis: {}",
+                    input.message, input.previous
+                ))
+            }),
+        ],
+    )
+}
+
 /// A registry holding every demo component.
 pub fn registry() -> Registry {
-    Registry::new().with(Echo).with(Ticker).with(Fail)
+    Registry::new()
+        .with(Echo)
+        .with(Ticker)
+        .with(Fail)
+        .with(Pair)
+        .with(pipeline())
 }

@@ -207,6 +207,14 @@ impl Engine {
     /// Persists a `PENDING` run and returns it at once; the run executes in a detached task
     /// that outlives the caller.
     pub async fn start(&self, request: StartRequest) -> EngineResult<Started> {
+        self.start_run(request, None).await
+    }
+
+    pub(crate) async fn start_run(
+        &self,
+        request: StartRequest,
+        parent: Option<Arc<ActiveRun>>,
+    ) -> EngineResult<Started> {
         if self.inner.closing.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -239,6 +247,7 @@ impl Engine {
                         record: run.clone(),
                         component,
                         cancel_requested,
+                        parent,
                     },
                 )
                 .await?;
@@ -342,11 +351,11 @@ impl Engine {
         EventStream::new(self.clone(), run_id.clone(), last_event_index)
     }
 
-    /// Waits until the run is terminal and returns it.
+    /// Waits until the run is terminal (or, during shutdown, until this engine left it to
+    /// another) and returns it.
     pub async fn wait(&self, run_id: &RunId) -> EngineResult<RunRecord> {
         if let Some(active) = self.inner.active(run_id) {
-            let mut status = active.status.subscribe();
-            let _ = status.wait_for(|status| status.is_terminal()).await;
+            active.ended.cancelled().await;
         } else {
             use futures::StreamExt;
             let mut events = self.events(run_id, None);

@@ -61,9 +61,10 @@ mod registry;
 mod resume;
 mod runnable;
 mod runner;
+pub mod workflow;
 
 pub use config::EngineConfig;
-pub use context::{EmitError, RunContext};
+pub use context::{ChildRun, EmitError, RunContext};
 pub use engine::{CancelOutcome, Engine, StartRequest, Started};
 pub use error::{EngineError, EngineResult};
 pub use metrics::EngineMetrics;

@@ -43,6 +43,7 @@ pub(crate) async fn recover_at_open(engine: &Engine) -> EngineResult<()> {
                 record: run,
                 component,
                 cancel_requested,
+                parent: None,
             },
         )
         .await?;
@@ -116,6 +117,7 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
                 record: run,
                 component,
                 cancel_requested: false,
+                parent: None,
             },
         )
         .await?;

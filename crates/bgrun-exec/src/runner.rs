@@ -26,6 +26,22 @@ pub(crate) struct Launch {
     pub(crate) record: RunRecord,
     pub(crate) component: Registered,
     pub(crate) cancel_requested: bool,
+    /// The run that started this one: its cancellation reaches this run, and this run runs in
+    /// its parent's concurrency slot (a parent waiting on children must not starve them).
+    pub(crate) parent: Option<Arc<ActiveRun>>,
+}
+
+/// Where a run stands in the concurrency limit.
+enum Slot {
+    /// It holds a slot of its own.
+    Own(
+        #[expect(dead_code, reason = "held, never read: dropping it frees the slot")]
+        OwnedSemaphorePermit,
+    ),
+    /// It runs in its parent's slot.
+    Parents,
+    /// It was cancelled while it waited.
+    Cancelled,
 }
 
 /// How a run ends.
@@ -49,23 +65,39 @@ pub(crate) async fn launch(inner: &Arc<EngineInner>, launch: Launch) -> EngineRe
                 error,
             )
         })?;
+    let cancel = match &launch.parent {
+        Some(parent) => parent.cancel.child_token(),
+        None => CancellationToken::new(),
+    };
     let active = Arc::new(ActiveRun::new(
         record.run_id.clone(),
         record.session_id.clone(),
         record.target.kind,
         writer,
-        String::new(),
+        cancel,
     ));
     active.status.send_replace(record.status);
     if launch.cancel_requested {
         active.cancel.cancel();
     }
+    if let Some(parent) = &launch.parent {
+        parent.add_child(active.clone());
+    }
     inner.insert_active(active.clone());
+    let task_inner = inner.clone();
+    let ended = active.ended.clone().drop_guard();
+    if launch.parent.is_some() {
+        inner.tracker.spawn(async move {
+            let _ended = ended;
+            execute(task_inner, active, launch, Slot::Parents).await;
+        });
+        return Ok(());
+    }
     // The semaphore is fair: polling the acquire once here queues this run in start order.
     let mut acquire = Box::pin(inner.slots.clone().acquire_owned());
     let ready = futures::poll!(&mut acquire);
-    let task_inner = inner.clone();
     inner.tracker.spawn(async move {
+        let _ended = ended;
         let permit = match ready {
             std::task::Poll::Ready(permit) => permit.ok(),
             std::task::Poll::Pending => {
@@ -82,7 +114,8 @@ pub(crate) async fn launch(inner: &Arc<EngineInner>, launch: Launch) -> EngineRe
             }
         };
         drop(acquire);
-        execute(task_inner, active, launch, permit).await;
+        let slot = permit.map_or(Slot::Cancelled, Slot::Own);
+        execute(task_inner, active, launch, slot).await;
     });
     Ok(())
 }
@@ -94,19 +127,14 @@ impl EngineInner {
     }
 }
 
-async fn execute(
-    inner: Arc<EngineInner>,
-    active: Arc<ActiveRun>,
-    launch: Launch,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch, slot: Slot) {
     let Launch {
         record, component, ..
     } = launch;
-    let Some(_permit) = permit else {
+    if matches!(slot, Slot::Cancelled) {
         cancel_before_start(&inner, &active).await;
         return;
-    };
+    }
     if active.cancel.is_cancelled() {
         cancel_before_start(&inner, &active).await;
         return;
@@ -135,6 +163,9 @@ async fn execute(
         flush_stop.clone(),
     ));
     let ctx = RunContext {
+        engine: crate::Engine {
+            inner: inner.clone(),
+        },
         run: active.clone(),
         input: record.input.clone().into(),
         params: Arc::new(record.params.clone()),
@@ -150,6 +181,9 @@ async fn execute(
             Err(panic) => Ending::Failed(panic_message(panic.as_ref())),
         },
     };
+    // No child outlives its parent: what still runs is cancelled, and its end is awaited so
+    // that the parent's terminal state is written last.
+    active.settle_children().await;
     flush_stop.cancel();
     if let Err(error) = flusher.await {
         tracing::error!(run_id = %active.run_id, %error, "flusher task failed");
