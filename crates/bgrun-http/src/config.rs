@@ -1,0 +1,47 @@
+//! How the HTTP server behaves.
+
+use std::time::Duration;
+
+/// Settings of the HTTP layer.
+///
+/// Build it with struct update syntax so that fields added later keep their defaults:
+/// `HttpConfig { security_key: Some(key), ..HttpConfig::default() }`.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// When set, every route but `/health` needs `Authorization: Bearer <key>`, and WebSocket
+    /// clients must authenticate before acting. Default: none (no auth).
+    pub security_key: Option<String>,
+    /// The largest request body accepted, in bytes; larger is 413. Default 1 MiB.
+    pub body_limit: usize,
+    /// An SSE stream sends the comment `: keepalive` after this long without an event.
+    /// Default 15 s.
+    pub keepalive: Duration,
+    /// How long [`serve`](crate::serve) waits, once shutdown starts, for open requests to end
+    /// before it returns anyway. Default 3 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            security_key: None,
+            body_limit: 1024 * 1024,
+            keepalive: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field(
+                "security_key",
+                &self.security_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("body_limit", &self.body_limit)
+            .field("keepalive", &self.keepalive)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}

@@ -1,0 +1,297 @@
+//! Server-sent events, framed exactly as the contract says, written straight from each event's
+//! stored JSON (never re-serialised) and batched: every event ready at once goes out in one
+//! body chunk.
+//!
+//! ```text
+//! id: <event_index>
+//! event: <event type>
+//! data: <the event's JSON>
+//!
+//! ```
+//! Meta frames have no `id:` line; `: keepalive` follows a quiet spell.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bgrun_core::{Event, RunId, RunKind};
+use bgrun_exec::{Engine, EventStream, MetaFrame};
+use bytes::Bytes;
+use futures::stream::ReadyChunks;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// The most events one body chunk carries.
+const CHUNK_EVENTS: usize = 2048;
+
+const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// Appends one event's frame.
+pub(crate) fn push_event(out: &mut Vec<u8>, event: &Event) {
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(itoa(event.index()).as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(event.event_type().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(event.json().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+fn itoa(value: u64) -> String {
+    value.to_string()
+}
+
+/// Appends one meta frame.
+pub(crate) fn push_meta(out: &mut Vec<u8>, frame: &MetaFrame) {
+    push_named(out, frame.name(), &frame.to_json().to_string());
+}
+
+fn push_named(out: &mut Vec<u8>, name: &str, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Cancels a run when dropped armed: the SSE body of a `stream=true, background=false` start
+/// is dropped when its client goes away.
+#[derive(Debug)]
+pub(crate) struct CancelOnDrop {
+    engine: Engine,
+    run_id: RunId,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    /// Armed for this run.
+    pub(crate) fn new(engine: Engine, run_id: RunId) -> Self {
+        Self {
+            engine,
+            run_id,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let run_id = self.run_id.clone();
+        runtime.spawn(async move {
+            tracing::info!(%run_id, "client went away: cancelling its run");
+            if let Err(error) = engine.cancel(&run_id).await {
+                tracing::warn!(%run_id, %error, "cancelling after a disconnect failed");
+            }
+        });
+    }
+}
+
+/// What an SSE answer streams.
+pub(crate) struct SseStream {
+    /// Frames to send first (meta frames).
+    pub(crate) prefix: Vec<MetaFrame>,
+    /// The run whose events follow.
+    pub(crate) run_id: RunId,
+    /// Its kind: its own terminal event ends the stream.
+    pub(crate) kind: RunKind,
+    /// The events (none after an `error` meta frame).
+    pub(crate) events: Option<EventStream>,
+    /// Cancels the run if the client leaves before the end.
+    pub(crate) guard: Option<CancelOnDrop>,
+    /// A comment after this long without an event.
+    pub(crate) keepalive: Duration,
+    /// Fired when the server shuts down: the stream ends.
+    pub(crate) shutdown: CancellationToken,
+}
+
+struct State {
+    prefix: Option<Bytes>,
+    run_id: RunId,
+    terminal: [&'static str; 3],
+    events: Option<ReadyChunks<EventStream>>,
+    guard: Option<CancelOnDrop>,
+    keepalive: Duration,
+    shutdown: CancellationToken,
+    done: bool,
+}
+
+impl State {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(guard) = self.guard.as_mut() {
+            guard.disarm();
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(prefix) = self.prefix.take() {
+            return Some(prefix);
+        }
+        if self.done {
+            return None;
+        }
+        let Some(events) = self.events.as_mut() else {
+            self.finish();
+            return None;
+        };
+        let batch = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {
+                // The server stops; the client did not leave: the run goes on.
+                self.finish();
+                return None;
+            }
+            next = tokio::time::timeout(self.keepalive, events.next()) => match next {
+                Err(_) => return Some(Bytes::from_static(KEEPALIVE)),
+                Ok(None) => {
+                    self.finish();
+                    return None;
+                }
+                Ok(Some(batch)) => batch,
+            },
+        };
+        let size: usize = batch
+            .iter()
+            .map(|event| match event {
+                Ok(event) => event.json().len() + event.event_type().len() + 32,
+                Err(_) => 128,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for event in batch {
+            match event {
+                Ok(event) => {
+                    push_event(&mut out, &event);
+                    if self.terminal.contains(&event.event_type()) && event.run_id_is(&self.run_id)
+                    {
+                        self.finish();
+                    }
+                }
+                Err(error) => {
+                    let data = json!({"event": "error", "run_id": self.run_id, "error": error.to_string()});
+                    push_named(&mut out, "error", &data.to_string());
+                    self.finish();
+                    break;
+                }
+            }
+        }
+        Some(Bytes::from(out))
+    }
+}
+
+/// Whether an event is the run's own (not one forwarded from a child run).
+trait OwnEvent {
+    fn run_id_is(&self, run_id: &RunId) -> bool;
+}
+
+impl OwnEvent for Event {
+    fn run_id_is(&self, run_id: &RunId) -> bool {
+        // The envelope renders `"run_id":"<id>"` right after the event type; compare the text
+        // rather than parse the whole event.
+        let json = self.json();
+        let needle_start = json.find(",\"run_id\":\"");
+        match needle_start {
+            Some(start) => {
+                let rest = &json[start + 11..];
+                rest.starts_with(run_id.as_str()) && rest[run_id.as_str().len()..].starts_with('"')
+            }
+            None => false,
+        }
+    }
+}
+
+impl SseStream {
+    /// The 200 answer streaming this.
+    pub(crate) fn into_response(self) -> Response {
+        let mut prefix = Vec::new();
+        for frame in &self.prefix {
+            push_meta(&mut prefix, frame);
+        }
+        let terminal = [
+            bgrun_core::Outcome::Completed,
+            bgrun_core::Outcome::Error,
+            bgrun_core::Outcome::Cancelled,
+        ]
+        .map(|outcome| self.kind.terminal_event(outcome));
+        let state = State {
+            prefix: (!prefix.is_empty()).then(|| Bytes::from(prefix)),
+            run_id: self.run_id,
+            terminal,
+            events: self.events.map(|events| events.ready_chunks(CHUNK_EVENTS)),
+            guard: self.guard,
+            keepalive: self.keepalive,
+            shutdown: self.shutdown,
+            done: false,
+        };
+        let body = futures::stream::unfold(state, |mut state| async move {
+            let chunk = state.next_chunk().await?;
+            Some((Ok::<Bytes, std::convert::Infallible>(chunk), state))
+        });
+        let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bgrun_core::{Envelope, SessionId};
+
+    #[test]
+    fn frames_are_exact() {
+        let run_id = RunId::parse("r").unwrap();
+        let session_id = SessionId::parse("s").unwrap();
+        let event = Event::render(
+            Envelope {
+                run_id: &run_id,
+                session_id: &session_id,
+                created_at: 1,
+            },
+            4,
+            "RunContent",
+            &serde_json::Map::new(),
+        );
+        let mut out = Vec::new();
+        push_event(&mut out, &event);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 4\nevent: RunContent\ndata: {\"event\":\"RunContent\",\"run_id\":\"r\",\"session_id\":\"s\",\"created_at\":1,\"event_index\":4}\n\n"
+        );
+        assert!(event.run_id_is(&run_id));
+        assert!(!event.run_id_is(&RunId::parse("x").unwrap()));
+        assert!(!event.run_id_is(&RunId::parse("").unwrap_or(RunId::parse("rr").unwrap())));
+        let mut out = Vec::new();
+        push_meta(
+            &mut out,
+            &MetaFrame::Error {
+                run_id,
+                error: "gone".into(),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: error\ndata: {\"event\":\"error\",\"run_id\":\"r\",\"error\":\"gone\"}\n\n"
+        );
+    }
+}
