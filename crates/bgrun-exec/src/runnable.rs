@@ -37,6 +37,12 @@ impl ComponentInfo {
         }
     }
 
+    /// With this human name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// With this description.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
