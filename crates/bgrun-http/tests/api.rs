@@ -836,3 +836,50 @@ async fn the_openapi_document_spells_every_route_per_kind() {
         assert!(paths.contains_key(path), "{path}");
     }
 }
+
+#[tokio::test]
+async fn teams_and_workflows_answer_under_their_own_kind() {
+    let f = fixture().await;
+    let team = f
+        .post_form("/teams/pair/runs", "message=hi+there&stream=false&count=2")
+        .await;
+    assert_eq!(team.status, 200, "{}", team.text());
+    let team = team.json();
+    assert_eq!(team["team_id"], "pair");
+    assert_eq!(team["status"], "COMPLETED");
+    assert!(team.get("agent_id").is_none());
+    assert_eq!(team.as_object().unwrap().len(), RUN_FIELDS.len());
+    let run_id = team["run_id"].as_str().unwrap();
+    f.get(&format!("/agents/pair/runs/{run_id}"))
+        .await
+        .assert_error(404);
+    let listed = f.get("/teams/pair/runs").await.json();
+    assert_eq!(listed["data"][0]["run_id"], run_id);
+    // Forwarded member events keep their run_id and take the team's next index.
+    let frames = f
+        .get(&format!("/teams/pair/runs/{run_id}/resume"))
+        .await
+        .frames();
+    let data = &frames[1..];
+    assert_eq!(data.first().unwrap().event, "TeamRunStarted");
+    assert_eq!(data.last().unwrap().event, "TeamRunCompleted");
+    assert!(data.iter().any(|frame| frame.data["run_id"] != run_id));
+    assert_eq!(indices(&frames), (0..data.len() as u64).collect::<Vec<_>>());
+
+    let workflow = f
+        .post_json(
+            "/workflows/pipeline/runs",
+            json!({"message": "go", "count": 1}),
+        )
+        .await;
+    let frames = workflow.frames();
+    assert_eq!(types(&frames).first(), Some(&"WorkflowStarted"));
+    assert_eq!(types(&frames).last(), Some(&"WorkflowCompleted"));
+    let run_id = frames[0].data["run_id"].as_str().unwrap();
+    let run = f
+        .get(&format!("/workflows/pipeline/runs/{run_id}"))
+        .await
+        .json();
+    assert_eq!(run["workflow_id"], "pipeline");
+    assert_eq!(run["status"], "COMPLETED");
+}
