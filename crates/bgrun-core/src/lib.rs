@@ -38,7 +38,7 @@ pub use run::{
     TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
 };
 pub use status::{CancellationStage, RunStatus};
-pub use store::{Store, MAX_PAGE_SIZE};
+pub use store::{NotificationStream, Store, StoreNotification, MAX_PAGE_SIZE};
 pub use target::{Outcome, RunKind, RunTarget};
 
 /// Re-exported so store backends implement [`Store`] with the same macro.

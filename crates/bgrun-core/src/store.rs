@@ -12,6 +12,32 @@ use crate::run::{
     TransitionOutcome,
 };
 
+/// A hint that another process changed something: a run's log grew, a cancel was requested. A
+/// notification is never the truth (it can be late, duplicated or lost); the store's tables
+/// are, and a consumer re-reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreNotification {
+    /// The run's log is stored up to `last_event_index` (inclusive).
+    Durable {
+        /// The run.
+        run_id: RunId,
+        /// Its last stored event's index.
+        last_event_index: u64,
+    },
+    /// A cancel intent was recorded for the run.
+    Cancel {
+        /// The run.
+        run_id: RunId,
+    },
+    /// Notifications may have been missed (a reconnect, a slow consumer): re-read everything
+    /// of interest.
+    Resync,
+}
+
+/// A store's notifications, as [`Store::notifications`] hands them out.
+pub type NotificationStream = futures::stream::BoxStream<'static, StoreNotification>;
+
 /// The most runs one `list_runs` page may hold.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
@@ -101,4 +127,12 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` `RUNNING` or `PAUSED` runs whose lease has lapsed, or that have none: runs
     /// nobody executes any more, for recovery.
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>>;
+
+    /// Notifications of what other processes write (PostgreSQL: LISTEN/NOTIFY), so that an
+    /// engine follows a run another replica executes without polling and hears cancels meant
+    /// for runs it executes. `None` (the default) for a store only one process writes; engines
+    /// then look at the tables on a timer where they need to.
+    fn notifications(&self) -> Option<NotificationStream> {
+        None
+    }
 }

@@ -122,12 +122,18 @@ pub(crate) struct EngineInner {
     /// Fired when the shutdown grace period is over: runs still executing are interrupted.
     pub(crate) interrupt: CancellationToken,
     pub(crate) config: EngineConfig,
+    /// Readers of runs other engines execute.
+    pub(crate) remote: crate::remote::RemoteRuns,
     metrics: Arc<crate::metrics::Counters>,
 }
 
 impl EngineInner {
     fn active_map(&self) -> MutexGuard<'_, HashMap<RunId, Arc<ActiveRun>>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn active_runs_snapshot(&self) -> Vec<Arc<ActiveRun>> {
+        self.active_map().values().cloned().collect()
     }
 
     pub(crate) fn active(&self, run_id: &RunId) -> Option<Arc<ActiveRun>> {
@@ -187,8 +193,10 @@ impl Engine {
             closing: CancellationToken::new(),
             interrupt: CancellationToken::new(),
             config,
+            remote: crate::remote::RemoteRuns::default(),
         });
         let engine = Self { inner };
+        crate::remote::spawn_listener(&engine);
         crate::recovery::recover_at_open(&engine).await?;
         crate::recovery::spawn_background(&engine);
         Ok(engine)
@@ -311,28 +319,66 @@ impl Engine {
                 cancelled: !now.is_terminal() || now == RunStatus::Cancelled,
             });
         }
-        let outcome = match inner.store.get_run(run_id).await? {
+        // Read before the intent is recorded: a run already terminal is left as it is, while one
+        // that ends after this point ended because of this cancel.
+        let before = inner.store.get_run(run_id).await?;
+        if let Some(run) = before.as_ref().filter(|run| run.has_completed()) {
+            return Ok(CancelOutcome {
+                run_id: run_id.clone(),
+                status: run.status,
+                cancelled: false,
+            });
+        }
+        inner
+            .store
+            .request_cancel(run_id, bgrun_core::now())
+            .await?;
+        let outcome = match before {
             None => CancelOutcome {
                 run_id: run_id.clone(),
                 status: RunStatus::Cancelled,
                 cancelled: true,
             },
-            Some(run) if run.has_completed() => CancelOutcome {
-                run_id: run_id.clone(),
-                status: run.status,
-                cancelled: false,
-            },
             Some(run) if run.status == RunStatus::Pending => {
                 runner::cancel_stored_pending(inner, &run).await?
             }
-            // Executed by another engine: the intent reaches it through the store.
-            Some(run) => CancelOutcome {
-                run_id: run_id.clone(),
-                status: run.status,
-                cancelled: true,
-            },
+            // Executed by another engine: the intent reaches it through the store. Wait a little
+            // for it to stop, as for a run executed here.
+            Some(run) => {
+                let status = self.wait_for_remote_end(run_id, run.status).await?;
+                CancelOutcome {
+                    run_id: run_id.clone(),
+                    status,
+                    cancelled: !status.is_terminal() || status == RunStatus::Cancelled,
+                }
+            }
         };
         Ok(outcome)
+    }
+
+    /// The status of a run another engine executes once it is terminal, or as it is after
+    /// `cancel_wait`.
+    async fn wait_for_remote_end(
+        &self,
+        run_id: &RunId,
+        mut status: RunStatus,
+    ) -> EngineResult<RunStatus> {
+        let remote = &self.inner.remote;
+        let deadline = tokio::time::Instant::now() + self.inner.config.cancel_wait;
+        let mut idle = 0;
+        while !status.is_terminal() && tokio::time::Instant::now() < deadline {
+            let mut changed = remote.watch(run_id);
+            match self.inner.store.get_run(run_id).await? {
+                Some(run) => status = run.status,
+                None => break,
+            }
+            if status.is_terminal() {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, remote.changed(&mut changed, idle)).await;
+            idle += 1;
+        }
+        Ok(status)
     }
 
     /// Resumes a run's stream after `last_event_index` (from the start when `None`): the meta

@@ -58,6 +58,7 @@ mod error;
 mod metrics;
 mod recovery;
 mod registry;
+mod remote;
 mod resume;
 mod runnable;
 mod runner;

@@ -153,4 +153,8 @@ impl Store for CountingStore {
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
         self.inner.orphaned_runs(limit).await
     }
+
+    fn notifications(&self) -> Option<bgrun_core::NotificationStream> {
+        self.inner.notifications()
+    }
 }

@@ -217,6 +217,7 @@ pub(crate) fn spawn_background(engine: &Engine) {
             {
                 tracing::warn!(%error, "cannot renew leases");
             }
+            crate::remote::check_cancel_intents(&engine).await;
             if let Err(error) = recover_orphans(&engine).await {
                 tracing::warn!(%error, "cannot recover orphaned runs");
             }

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bgrun_buffer::{Batch, Subscription};
 use bgrun_core::{Event, RunId, RunStatus};
@@ -343,6 +342,8 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
                 }
             }
         }
+        // Watch before reading, so that a notification after the read is not missed.
+        let mut changed = state.engine.inner.remote.watch(&state.run_id);
         let events = store
             .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
             .await?;
@@ -367,10 +368,14 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
             state.subscription = Some(subscription);
             continue;
         }
-        // Another process executes the run: look again soon.
+        // Another engine executes the run: wait for its next write.
+        state
+            .engine
+            .inner
+            .remote
+            .changed(&mut changed, state.idle_polls)
+            .await;
         state.idle_polls = state.idle_polls.saturating_add(1);
-        let wait = Duration::from_millis(5u64 << state.idle_polls.min(7));
-        tokio::time::sleep(wait).await;
     }
 }
 

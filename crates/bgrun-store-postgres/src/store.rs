@@ -137,6 +137,33 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn notifications(&self) -> Option<bgrun_core::NotificationStream> {
+        use futures::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let receiver = self.inner.notifications.subscribe();
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            let notification = match receiver.recv().await {
+                Ok(Notification::Durable {
+                    run_id,
+                    last_event_index,
+                }) => bgrun_core::StoreNotification::Durable {
+                    run_id,
+                    last_event_index,
+                },
+                Ok(Notification::Cancel { run_id }) => {
+                    bgrun_core::StoreNotification::Cancel { run_id }
+                }
+                // Fell behind the broadcast: what was dropped must be re-read from the tables.
+                Ok(Notification::Resync) | Err(RecvError::Lagged(_)) => {
+                    bgrun_core::StoreNotification::Resync
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((notification, receiver))
+        });
+        Some(stream.boxed())
+    }
+
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
         runs::create(&self.inner, run).await
     }

@@ -3,4 +3,5 @@
 
 mod children;
 mod fixture;
+mod replicas;
 mod runs;

@@ -1,0 +1,126 @@
+//! Several engines on one PostgreSQL database behave as one: resume and cancel anywhere,
+//! orphaned runs recovered by whoever is alive.
+
+use std::time::Duration;
+
+use bgrun_core::{Event, LeaseGrant, NewRun, RunId, RunKind, RunStatus, RunTarget, Transition};
+use bgrun_exec::{Engine, EngineConfig, MetaFrame, StartRequest};
+use bgrun_store_postgres::testing::TestSchema;
+use futures::StreamExt;
+
+use crate::fixture::*;
+
+/// Two engines ("replicas") on one schema, each with its own store connection pool.
+async fn replicas(schema: &TestSchema, config: impl Fn() -> EngineConfig) -> (Engine, Engine) {
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let store = std::sync::Arc::new(schema.store().await.unwrap());
+        let engine = Engine::open(store, bgrun_exec::demo::registry(), config())
+            .await
+            .unwrap();
+        engines.push(engine);
+    }
+    let b = engines.pop().unwrap();
+    let a = engines.pop().unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_resume_on_another_replica_gives_exactly_the_rest_live() {
+    let schema = TestSchema::new();
+    let (a, b) = replicas(&schema, EngineConfig::default).await;
+    let run = a
+        .start(
+            StartRequest::agent("ticker", "")
+                .param("count", 200)
+                .param("delay_ms", 2),
+        )
+        .await
+        .unwrap()
+        .run;
+    // A client reads a few events from A, then reconnects to B.
+    let mut on_a = a.events(&run.run_id, None);
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(on_a.next().await.unwrap().unwrap());
+    }
+    drop(on_a);
+    let last = seen.last().unwrap().index();
+    let resume = b.resume(&run.run_id, Some(last)).await.unwrap();
+    assert!(matches!(
+        resume.meta.last(),
+        Some(MetaFrame::Subscribed {
+            status: RunStatus::Running,
+            ..
+        })
+    ));
+    let rest: Vec<Event> = resume.events.map(|event| event.unwrap()).collect().await;
+    assert_gapless(&rest, last + 1);
+    assert_eq!(rest.last().unwrap().event_type(), "RunCompleted");
+    let mut whole = seen;
+    whole.extend(rest);
+    assert_eq!(whole, all_events(&a, &run.run_id, None).await);
+    assert_eq!(whole.len(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_cancel_sent_to_another_replica_stops_the_run() {
+    let schema = TestSchema::new();
+    let (a, b) = replicas(&schema, EngineConfig::default).await;
+    let run = a
+        .start(
+            StartRequest::agent("ticker", "")
+                .param("count", 100_000)
+                .param("delay_ms", 5),
+        )
+        .await
+        .unwrap()
+        .run;
+    wait_running(&a, &run.run_id).await;
+    let outcome = b.cancel(&run.run_id).await.unwrap();
+    assert!(outcome.cancelled, "{outcome:?}");
+    assert_eq!(outcome.status, RunStatus::Cancelled, "B waited for A to stop it");
+    // B follows the run executed on A to its end.
+    let run = b.wait(&run.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    let events = all_events(&b, &run.run_id, None).await;
+    assert_gapless(&events, 0);
+    assert_eq!(events.last().unwrap().event_type(), "RunCancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_run_whose_replica_died_is_ended_by_a_live_one() {
+    let schema = TestSchema::new();
+    let (a, _b) = replicas(&schema, || EngineConfig {
+        lease_renew_every: Duration::from_millis(20),
+        ..EngineConfig::default()
+    })
+    .await;
+    // What a dead replica leaves: a RUNNING run with a lease that has lapsed.
+    let store = schema.store().await.unwrap();
+    let mut new_run = NewRun::new(RunTarget::new(RunKind::Agent, "echo"), "left behind");
+    new_run.run_id = RunId::parse("orphan").unwrap();
+    let orphan = bgrun_core::Store::create_run(&store, new_run)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let granted = bgrun_core::Store::acquire_lease(&store, &orphan.run_id, "dead", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(granted, LeaseGrant::Granted);
+    bgrun_core::Store::transition(
+        &store,
+        &orphan.run_id,
+        &Transition::new(RunStatus::Pending, RunStatus::Running),
+        &[],
+    )
+    .await
+    .unwrap();
+    // No restart: a live replica's periodic recovery finds it.
+    let run = a.wait(&orphan.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Error);
+    assert_eq!(run.error.as_deref(), Some("interrupted"));
+    let events = all_events(&a, &orphan.run_id, None).await;
+    assert_eq!(types(&events), ["RunError"]);
+}
