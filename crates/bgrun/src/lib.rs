@@ -4,7 +4,8 @@
 //! resumed from any event index, exactly once and in order, also after a restart.
 //!
 //! This crate re-exports the layers: [`bgrun_core`] (run model, [`Store`] trait),
-//! [`bgrun_exec`] (the [`Engine`]), and the stores behind features (`sqlite`, on by default).
+//! [`bgrun_exec`] (the [`Engine`]), the stores behind features (`sqlite`, on by default;
+//! `postgres`) and the HTTP server behind `http` (see [`layers`]).
 //!
 //! ```
 //! use bgrun::{demo, Engine, RunStatus, StartRequest};
@@ -44,6 +45,9 @@ pub mod layers {
     pub use bgrun_buffer as buffer;
     pub use bgrun_core as core;
     pub use bgrun_exec as exec;
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub use bgrun_http as http;
     #[cfg(feature = "sqlite")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub use bgrun_store_sqlite as sqlite;
