@@ -13,9 +13,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-fn main() -> Result<()> {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("test-all") => test_all(),
         Some("bench") => bench(args.iter().any(|arg| arg == "--quick")),
         Some("pg") => pg_forever(),
@@ -23,6 +23,10 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <test-all | bench [--quick] | pg>");
             std::process::exit(2);
         }
+    };
+    if let Err(error) = result {
+        eprintln!("\nxtask: {error:#}");
+        std::process::exit(1);
     }
 }
 

@@ -79,7 +79,11 @@ async fn postgres_a_cancel_sent_to_another_replica_stops_the_run() {
     wait_running(&a, &run.run_id).await;
     let outcome = b.cancel(&run.run_id).await.unwrap();
     assert!(outcome.cancelled, "{outcome:?}");
-    assert_eq!(outcome.status, RunStatus::Cancelled, "B waited for A to stop it");
+    assert_eq!(
+        outcome.status,
+        RunStatus::Cancelled,
+        "B waited for A to stop it"
+    );
     // B follows the run executed on A to its end.
     let run = b.wait(&run.run_id).await.unwrap();
     assert_eq!(run.status, RunStatus::Cancelled);
