@@ -298,11 +298,11 @@ impl Engine {
     /// it is (`cancelled: false`).
     pub async fn cancel(&self, run_id: &RunId) -> EngineResult<CancelOutcome> {
         let inner = &self.inner;
-        inner
-            .store
-            .request_cancel(run_id, bgrun_core::now())
-            .await?;
         if let Some(active) = inner.active(run_id) {
+            inner
+                .store
+                .request_cancel(run_id, bgrun_core::now())
+                .await?;
             let mut status = active.status.subscribe();
             if !status.borrow().is_terminal() {
                 active.cancel.cancel();

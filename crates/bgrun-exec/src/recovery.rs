@@ -28,7 +28,13 @@ pub(crate) async fn recover_at_open(engine: &Engine) -> EngineResult<()> {
     }
     let mut pending = all_runs(engine, RunStatus::Pending).await?;
     pending.reverse();
-    for run in pending {
+    queue_pending(engine, pending).await
+}
+
+/// Queues `PENDING` runs this engine does not hold, oldest first. Another engine may queue the
+/// same run: the lease and the `PENDING -> RUNNING` compare-and-set let exactly one execute it.
+async fn queue_pending(engine: &Engine, runs: Vec<RunRecord>) -> EngineResult<()> {
+    for run in runs {
         if engine.inner.active(&run.run_id).is_some() {
             continue;
         }
@@ -49,6 +55,38 @@ pub(crate) async fn recover_at_open(engine: &Engine) -> EngineResult<()> {
         .await?;
     }
     Ok(())
+}
+
+/// Adopts `PENDING` runs that waited longer than a lease period without starting: runs queued
+/// by an engine that died (or one too busy to start them soon).
+pub(crate) async fn adopt_stale_pending(engine: &Engine) -> EngineResult<()> {
+    let stale_before = bgrun_core::now() - engine.inner.config.lease_ttl.as_secs() as i64;
+    let filter = RunFilter {
+        status: Some(RunStatus::Pending),
+        ..RunFilter::default()
+    };
+    let mut stale = Vec::new();
+    let mut cursor = None;
+    // Newest first: page until the runs are old enough, keep at most one batch of the oldest.
+    loop {
+        let page = engine
+            .inner
+            .store
+            .list_runs(&filter, bgrun_core::MAX_PAGE_SIZE, cursor.as_deref())
+            .await?;
+        stale.extend(
+            page.runs
+                .into_iter()
+                .filter(|run| run.created_at < stale_before && run.parent_run_id.is_none()),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    stale.reverse();
+    stale.truncate(RECOVERY_BATCH);
+    queue_pending(engine, stale).await
 }
 
 async fn all_runs(engine: &Engine, status: RunStatus) -> EngineResult<Vec<RunRecord>> {
@@ -220,6 +258,9 @@ pub(crate) fn spawn_background(engine: &Engine) {
             crate::remote::check_cancel_intents(&engine).await;
             if let Err(error) = recover_orphans(&engine).await {
                 tracing::warn!(%error, "cannot recover orphaned runs");
+            }
+            if let Err(error) = adopt_stale_pending(&engine).await {
+                tracing::warn!(%error, "cannot adopt waiting runs");
             }
         }
     });

@@ -128,3 +128,31 @@ async fn postgres_a_run_whose_replica_died_is_ended_by_a_live_one() {
     let events = all_events(&a, &orphan.run_id, None).await;
     assert_eq!(types(&events), ["RunError"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_run_queued_on_a_dead_replica_is_run_by_a_live_one() {
+    let schema = TestSchema::new();
+    let (a, b) = replicas(&schema, || EngineConfig {
+        lease_renew_every: Duration::from_millis(20),
+        ..EngineConfig::default()
+    })
+    .await;
+    // Queued by a replica that died before starting it, a while ago.
+    let store = schema.store().await.unwrap();
+    let mut queued = NewRun::new(RunTarget::new(RunKind::Agent, "echo"), "still wanted");
+    queued.created_at -= 3600;
+    let queued = bgrun_core::Store::create_run(&store, queued)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let run = a.wait(&queued.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.content.as_deref(), Some("still wanted"));
+    // Both replicas may have queued it; exactly one executed it.
+    let events = all_events(&b, &queued.run_id, None).await;
+    assert_eq!(
+        types(&events),
+        ["RunStarted", "RunContent", "RunContent", "RunCompleted"]
+    );
+}
