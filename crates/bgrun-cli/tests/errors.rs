@@ -1,0 +1,268 @@
+//! Bad input gets a 4xx JSON `{"detail"}` and the server keeps serving; auth with a key.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{Options, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Asserts a JSON error with `status` and a string `detail`.
+async fn assert_error(response: reqwest::Response, status: u16, what: &str) {
+    assert_error_in(response, &[status], what).await;
+}
+
+/// Asserts a JSON error with one of `statuses` and a string `detail`.
+async fn assert_error_in(response: reqwest::Response, statuses: &[u16], what: &str) {
+    let status = response.status().as_u16();
+    assert!(statuses.contains(&status), "{what}: {status}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{what}: content-type {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(body["detail"].is_string(), "{what}: {body}");
+}
+
+/// The server still works: /health and a whole echo run.
+async fn assert_still_serving(server: &Server) {
+    server.get_json("/health").await;
+    let response = server
+        .start_run(
+            "/agents/echo/runs",
+            json!({"message": "still here", "stream": false}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let run: Value = response.json().await.unwrap();
+    assert_eq!(run["status"], "COMPLETED");
+    assert_eq!(run["content"], "still here");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_4xx_and_the_server_keeps_serving() {
+    let server = Server::start().await;
+    let http = &server.http;
+    let start = server.url("/agents/echo/runs");
+
+    // Bad JSON: a 4xx, whatever the exact code.
+    let response = http
+        .post(&start)
+        .header("content-type", "application/json")
+        .body("{\"message\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error_in(response, &[400, 422], "bad JSON").await;
+
+    let response = http
+        .post(&start)
+        .header("content-type", "text/plain")
+        .body("message=hi")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 415, "text/plain").await;
+
+    let big = json!({"message": "x".repeat(1024 * 1024 + 1)});
+    let response = http.post(&start).json(&big).send().await.unwrap();
+    assert_error(response, 413, "a body over 1 MiB").await;
+
+    for (body, what) in [
+        (json!({"message": "hi", "stream": "maybe"}), "a bad bool"),
+        (
+            json!({"message": "hi", "background": 2}),
+            "a bool that is 2",
+        ),
+        (json!({"message": "hi", "delay_ms": "soon"}), "a bad int"),
+        (
+            json!({"message": "hi", "delay_ms": 1.5}),
+            "a fractional int",
+        ),
+        (
+            json!({"message": "hi", "delay_ms": -1}),
+            "an out-of-range int",
+        ),
+        (
+            json!({"message": "hi", "delay_ms": 60001}),
+            "over the range",
+        ),
+    ] {
+        let mut body = body;
+        body["background"] = body.get("background").cloned().unwrap_or(json!(true));
+        let response = http.post(&start).json(&body).send().await.unwrap();
+        assert_error(response, 422, what).await;
+    }
+    // The same in a form, and validation answers JSON before any SSE byte.
+    let response = http
+        .post(&start)
+        .form(&[("message", "hi"), ("stream", "yes please")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a bad bool in a form").await;
+    let response = http
+        .post(server.url("/agents/ticker/runs"))
+        .form(&[("message", "hi"), ("stream", "true"), ("count", "many")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a bad int with stream=true").await;
+
+    let response = http.get(server.url("/no/such/route")).send().await.unwrap();
+    assert_error(response, 404, "an unknown route").await;
+    let response = http.delete(&start).send().await.unwrap();
+    assert_error(response, 405, "a method the route lacks").await;
+    let response = http
+        .request(Method::PUT, server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "PUT /health").await;
+
+    let response = http
+        .post(server.url("/agents/nope/runs"))
+        .json(&json!({"message": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "an unknown component").await;
+    let response = http
+        .get(server.url("/agents/echo/runs/no-such-run"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "an unknown run").await;
+
+    let run_id = "0193e4a0-0000-7000-8000-00000000e2e1";
+    let first = json!({"message": "hi", "run_id": run_id, "stream": false, "background": true});
+    let response = http.post(&start).json(&first).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let again = json!({"message": "hi", "run_id": run_id, "stream": true});
+    let response = http
+        .post(server.url("/agents/ticker/runs"))
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 409, "a run_id that exists, for another component").await;
+
+    let resume = server.url(&format!("/agents/echo/runs/{run_id}/resume"));
+    let response = http
+        .post(&resume)
+        .json(&json!({"last_event_index": -1}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a negative last_event_index").await;
+    let response = http
+        .post(&resume)
+        .json(&json!({"last_event_index": "two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a last_event_index that is no integer").await;
+    let response = http
+        .get(format!("{resume}?last_event_index=-3"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a negative last_event_index in the query").await;
+    let response = http
+        .post(&resume)
+        .header("Last-Event-ID", "-5")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a negative Last-Event-ID").await;
+
+    let response = http
+        .get(server.url("/agents/echo/runs?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "limit 0").await;
+    let response = http
+        .get(server.url("/agents/echo/runs?status=SLEEPING"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "an unknown status").await;
+
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_security_key_guards_every_route_but_health() {
+    let key = "e2e-secret";
+    let server = Server::start_with(Options {
+        security_key: Some(key.into()),
+        ..Options::default()
+    })
+    .await;
+    let http = &server.http;
+
+    let health = http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "/health stays open");
+
+    let response = http.get(server.url("/agents")).send().await.unwrap();
+    assert_error(response, 401, "no bearer").await;
+    let response = http
+        .get(server.url("/agents"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "a wrong bearer").await;
+    let response = http
+        .post(server.url("/agents/echo/runs"))
+        .json(&json!({"message": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "a start without a bearer").await;
+    let response = http.get(server.url("/no/such/route")).send().await.unwrap();
+    assert!(response.status().is_client_error());
+
+    let response = http
+        .get(server.url("/agents"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let agents: Value = response.json().await.unwrap();
+    let ids: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"echo"), "{agents}");
+
+    let response = http
+        .post(server.url("/agents/echo/runs"))
+        .bearer_auth(key)
+        .json(&json!({"message": "with a key", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let run: Value = response.json().await.unwrap();
+    assert_eq!(run["content"], "with a key");
+    // The refused start created nothing: the one run is the one with a key.
+    let page: Value = http
+        .get(server.url("/agents/echo/runs"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+}
