@@ -156,7 +156,16 @@ impl Session {
         let result = match (action.as_str(), start_kind) {
             ("cancel", _) => self.cancel(fields, outbox),
             ("reconnect", _) => self.reconnect(fields, outbox).await,
-            (_, Some(kind)) => self.start(kind, fields, outbox).await,
+            (_, Some(action_kind)) => {
+                // `start-workflow` with `agent_id` on the agents socket (the AgentOS form) and
+                // `start-agent` alike: the id field present names the kind, the socket's first.
+                let kind = [self.kind, action_kind]
+                    .into_iter()
+                    .chain(RunKind::ALL)
+                    .find(|kind| fields.contains_key(component_key(*kind)))
+                    .unwrap_or(self.kind);
+                self.start(kind, fields, outbox).await
+            }
             _ => Err(format!("unknown action {action:?}")),
         };
         result.err().map(error)
