@@ -57,6 +57,15 @@ pub enum StoreError {
     /// A transition the status machine forbids.
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
+    /// A fenced write by an engine that no longer holds the run's lease: another engine took the
+    /// run over, and nothing was written.
+    #[error("run {run_id} is leased to another engine; the write of {owner} was refused")]
+    Fenced {
+        /// The run.
+        run_id: RunId,
+        /// The writer whose lease is gone.
+        owner: String,
+    },
     /// A list cursor that this store did not hand out.
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),

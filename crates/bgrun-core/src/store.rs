@@ -128,6 +128,40 @@ pub trait Store: Send + Sync + 'static {
     /// nobody executes any more, for recovery.
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>>;
 
+    /// Whether [`append_events_fenced`](Store::append_events_fenced) and
+    /// [`transition_fenced`](Store::transition_fenced) check the lease. A store several
+    /// processes write to must (PostgreSQL does); one that serves a single process need not.
+    fn fences_writes(&self) -> bool {
+        false
+    }
+
+    /// [`append_events`](Store::append_events), applied only while `owner` holds the run's
+    /// lease (is the owner of its lease row, lapsed or not), checked in the same atomic write:
+    /// an engine that was frozen past its lease while another took the run over writes nothing
+    /// and gets `Fenced`. The default does not fence (see [`fences_writes`](Store::fences_writes)).
+    async fn append_events_fenced(
+        &self,
+        run_id: &RunId,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<()> {
+        let _ = owner;
+        self.append_events(run_id, events).await
+    }
+
+    /// [`transition`](Store::transition), fenced like
+    /// [`append_events_fenced`](Store::append_events_fenced).
+    async fn transition_fenced(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        let _ = owner;
+        self.transition(run_id, transition, events).await
+    }
+
     /// Notifications of what other processes write (PostgreSQL: LISTEN/NOTIFY), so that an
     /// engine follows a run another replica executes without polling and hears cancels meant
     /// for runs it executes. `None` (the default) for a store only one process writes; engines

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bgrun_buffer::EventLog;
 use bgrun_core::{
     validate_params, CreateOutcome, NewRun, RunFilter, RunId, RunKind, RunPage, RunRecord,
-    RunStatus, RunTarget, SessionId, Store,
+    RunStatus, RunTarget, SessionId, Store, StoreResult,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -146,6 +146,38 @@ impl EngineInner {
 
     pub(crate) fn remove_active(&self, run_id: &RunId) {
         self.active_map().remove(run_id);
+    }
+
+    /// Appends a run's events, fenced by this engine's lease unless the store serves this
+    /// process alone.
+    pub(crate) async fn append(
+        &self,
+        run_id: &RunId,
+        events: &[bgrun_core::Event],
+    ) -> StoreResult<()> {
+        if self.config.exclusive_store {
+            self.store.append_events(run_id, events).await
+        } else {
+            self.store
+                .append_events_fenced(run_id, events, &self.config.owner)
+                .await
+        }
+    }
+
+    /// Changes a run's status, fenced like [`append`](Self::append).
+    pub(crate) async fn transition(
+        &self,
+        run_id: &RunId,
+        transition: &bgrun_core::Transition,
+        events: &[bgrun_core::Event],
+    ) -> StoreResult<bgrun_core::TransitionOutcome> {
+        if self.config.exclusive_store {
+            self.store.transition(run_id, transition, events).await
+        } else {
+            self.store
+                .transition_fenced(run_id, transition, events, &self.config.owner)
+                .await
+        }
     }
 
     pub(crate) fn component(&self, target: &RunTarget) -> EngineResult<&Registered> {

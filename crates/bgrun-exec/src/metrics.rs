@@ -59,6 +59,33 @@ impl CountingStore {
     pub(crate) fn wrap(inner: Arc<dyn Store>, counters: Arc<Counters>) -> Arc<dyn Store> {
         Arc::new(Self { inner, counters })
     }
+
+    fn count_appended(&self, events: &[Event]) {
+        self.counters
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+
+    fn count_transition(
+        &self,
+        transition: &Transition,
+        events: &[Event],
+        outcome: &TransitionOutcome,
+    ) {
+        if !outcome.applied() {
+            return;
+        }
+        self.count_appended(events);
+        let counter = match transition.to {
+            RunStatus::Completed => Some(&self.counters.completed),
+            RunStatus::Error => Some(&self.counters.errored),
+            RunStatus::Cancelled => Some(&self.counters.cancelled),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[async_trait]
@@ -86,9 +113,7 @@ impl Store for CountingStore {
 
     async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
         self.inner.append_events(run_id, events).await?;
-        self.counters
-            .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.count_appended(events);
         Ok(())
     }
 
@@ -99,20 +124,39 @@ impl Store for CountingStore {
         events: &[Event],
     ) -> StoreResult<TransitionOutcome> {
         let outcome = self.inner.transition(run_id, transition, events).await?;
-        if outcome.applied() {
-            self.counters
-                .events
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
-            let counter = match transition.to {
-                RunStatus::Completed => Some(&self.counters.completed),
-                RunStatus::Error => Some(&self.counters.errored),
-                RunStatus::Cancelled => Some(&self.counters.cancelled),
-                _ => None,
-            };
-            if let Some(counter) = counter {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.count_transition(transition, events, &outcome);
+        Ok(outcome)
+    }
+
+    fn fences_writes(&self) -> bool {
+        self.inner.fences_writes()
+    }
+
+    async fn append_events_fenced(
+        &self,
+        run_id: &RunId,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<()> {
+        self.inner
+            .append_events_fenced(run_id, events, owner)
+            .await?;
+        self.count_appended(events);
+        Ok(())
+    }
+
+    async fn transition_fenced(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self
+            .inner
+            .transition_fenced(run_id, transition, events, owner)
+            .await?;
+        self.count_transition(transition, events, &outcome);
         Ok(outcome)
     }
 

@@ -176,7 +176,6 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
         ..Transition::new(run.status, RunStatus::Error)
     };
     let outcome = inner
-        .store
         .transition(&run.run_id, &transition, std::slice::from_ref(&terminal))
         .await?;
     if !inner.config.exclusive_store {

@@ -217,11 +217,7 @@ async fn start_running(inner: &EngineInner, active: &ActiveRun, started: Event) 
         return false;
     };
     let events = active.writer.take(usize::MAX);
-    match inner
-        .store
-        .transition(&active.run_id, &transition, &events)
-        .await
-    {
+    match inner.transition(&active.run_id, &transition, &events).await {
         Ok(TransitionOutcome::Applied(_)) => {
             let _ = active.writer.mark_durable(index + 1);
             true
@@ -356,11 +352,17 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
     let mut attempts = 0;
     let final_status = loop {
         attempts += 1;
-        match inner
-            .store
-            .transition(&active.run_id, &transition, &events)
-            .await
-        {
+        // A run that never started holds no lease: its compare-and-set from PENDING is the
+        // guard. A started one writes its end only while it holds its lease.
+        let written = if from == RunStatus::Pending {
+            inner
+                .store
+                .transition(&active.run_id, &transition, &events)
+                .await
+        } else {
+            inner.transition(&active.run_id, &transition, &events).await
+        };
+        match written {
             Ok(TransitionOutcome::Applied(_)) => {
                 let _ = active.writer.mark_durable(terminal_index + 1);
                 break outcome.status();
@@ -373,6 +375,11 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
                 }
                 inner.log.remove(&active.run_id);
                 break actual;
+            }
+            Err(error @ StoreError::Fenced { .. }) => {
+                tracing::warn!(run_id = %active.run_id, %error, "another engine took the run over");
+                inner.log.remove(&active.run_id);
+                break from;
             }
             Err(error) if attempts < 5 => {
                 tracing::warn!(run_id = %active.run_id, %error, attempts, "retrying the run's end");
@@ -469,7 +476,7 @@ async fn append_with_retry(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match inner.store.append_events(&active.run_id, events).await {
+        match inner.append(&active.run_id, events).await {
             Ok(()) => return Ok(()),
             Err(StoreError::IndexConflict { expected, .. })
                 if attempts > 1 && expected == last.index() + 1 =>

@@ -9,7 +9,12 @@ use crate::record::{to_index, to_stored};
 use crate::store::Inner;
 
 /// Appends `events` to a non-terminal run, in one transaction holding the run's row lock.
-pub(crate) async fn append(inner: &Inner, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
+pub(crate) async fn append(
+    inner: &Inner,
+    run_id: &RunId,
+    events: &[Event],
+    fence: Option<&str>,
+) -> StoreResult<()> {
     let Some(first) = events.first() else {
         return Ok(());
     };
@@ -27,6 +32,7 @@ pub(crate) async fn append(inner: &Inner, run_id: &RunId, events: &[Event]) -> S
                 .query_opt(&lock, &[&run_id.as_str()])
                 .await?
                 .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+            crate::lease::check_fence(inner, &tx, run_id, fence).await?;
             let status = RunStatus::parse(row.get(0))
                 .map_err(|error| StoreError::backend("decoding a run's status", error))?;
             let last: Option<i64> = row.get(1);

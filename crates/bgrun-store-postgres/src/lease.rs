@@ -52,6 +52,32 @@ pub(crate) async fn acquire(
         .await
 }
 
+/// Inside a write's transaction: refuses it unless `owner` holds the run's lease row. The row is
+/// share-locked until the write commits, so a takeover waits for it (and it for a takeover).
+pub(crate) async fn check_fence(
+    inner: &Inner,
+    tx: &deadpool_postgres::Transaction<'_>,
+    run_id: &RunId,
+    owner: Option<&str>,
+) -> Result<(), Failure> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let holder = tx
+        .prepare_cached(&inner.sql("SELECT owner FROM {s}.leases WHERE run_id = $1 FOR SHARE"))
+        .await?;
+    let row = tx.query_opt(&holder, &[&run_id.as_str()]).await?;
+    if row.as_ref().map(|row| row.get::<_, &str>(0)) == Some(owner) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            run_id: run_id.clone(),
+            owner: owner.to_owned(),
+        }
+        .into())
+    }
+}
+
 pub(crate) async fn renew(inner: &Inner, owner: &str, ttl: Duration) -> StoreResult<u64> {
     let sql = inner.sql(
         "UPDATE {s}.leases SET expires_at = now() + make_interval(secs => $2) \

@@ -245,6 +245,7 @@ pub(crate) async fn transition(
     run_id: &RunId,
     transition: &Transition,
     events: &[Event],
+    fence: Option<&str>,
 ) -> StoreResult<TransitionOutcome> {
     transition.from.check_transition(transition.to)?;
     events::check_contiguous(run_id, events)?;
@@ -264,6 +265,7 @@ pub(crate) async fn transition(
         .run("changing a run's status", |attempt| async move {
             let mut client = inner.pool.get().await?;
             let tx = client.transaction().await?;
+            crate::lease::check_fence(inner, &tx, run_id, fence).await?;
             let cas = tx.prepare_cached(cas).await?;
             let updated = tx
                 .query_opt(

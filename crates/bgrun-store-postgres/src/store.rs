@@ -182,7 +182,7 @@ impl Store for PostgresStore {
     }
 
     async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
-        events::append(&self.inner, run_id, events).await
+        events::append(&self.inner, run_id, events, None).await
     }
 
     async fn transition(
@@ -191,7 +191,30 @@ impl Store for PostgresStore {
         transition: &Transition,
         events: &[Event],
     ) -> StoreResult<TransitionOutcome> {
-        runs::transition(&self.inner, run_id, transition, events).await
+        runs::transition(&self.inner, run_id, transition, events, None).await
+    }
+
+    fn fences_writes(&self) -> bool {
+        true
+    }
+
+    async fn append_events_fenced(
+        &self,
+        run_id: &RunId,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<()> {
+        events::append(&self.inner, run_id, events, Some(owner)).await
+    }
+
+    async fn transition_fenced(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        runs::transition(&self.inner, run_id, transition, events, Some(owner)).await
     }
 
     async fn read_events(

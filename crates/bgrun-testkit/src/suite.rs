@@ -53,6 +53,7 @@ pub async fn conformance(
         ("cancel_intents", on_fresh(harness, checks::cancel_intents)),
         ("list_paging", on_fresh(harness, checks::list_paging)),
         ("leases", on_fresh(harness, checks::leases)),
+        ("fencing", on_fresh(harness, checks::fencing)),
         (
             "persistence",
             async move {

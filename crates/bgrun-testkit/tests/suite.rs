@@ -275,7 +275,7 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 13 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 14 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;

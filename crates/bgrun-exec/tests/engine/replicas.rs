@@ -156,3 +156,49 @@ async fn postgres_a_run_queued_on_a_dead_replica_is_run_by_a_live_one() {
         ["RunStarted", "RunContent", "RunContent", "RunCompleted"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_engine_whose_lease_was_taken_over_writes_nothing_more() {
+    let schema = TestSchema::new();
+    let gated = Gated::new();
+    // A lease that lapses at once and is never renewed: as if this engine were frozen.
+    let frozen = EngineConfig {
+        lease_ttl: Duration::ZERO,
+        lease_renew_every: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let store = std::sync::Arc::new(schema.store().await.unwrap());
+    let registry = bgrun_exec::demo::registry().with(gated.clone());
+    let engine = Engine::open(store.clone(), registry, frozen).await.unwrap();
+    let run = engine
+        .start(StartRequest::agent("gated", "x"))
+        .await
+        .unwrap()
+        .run;
+    wait_running(&engine, &run.run_id).await;
+
+    // Another replica takes the run over.
+    let taken = bgrun_core::Store::acquire_lease(
+        store.as_ref(),
+        &run.run_id,
+        "the-other-replica",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken, LeaseGrant::Granted);
+
+    // The frozen engine wakes up and tries to go on: every write is refused.
+    gated.gate.add_permits(1);
+    engine.wait(&run.run_id).await.unwrap();
+    let stored = bgrun_core::Store::get_run(store.as_ref(), &run.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, RunStatus::Running, "the new owner's to end");
+    let events = bgrun_core::Store::read_events(store.as_ref(), &run.run_id, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(types(&events), ["RunStarted", "RunContent"]);
+    assert_eq!(stored.last_event_index, Some(1));
+}

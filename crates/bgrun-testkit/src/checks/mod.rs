@@ -6,6 +6,7 @@
 
 mod cancel;
 mod events;
+mod fencing;
 mod leases;
 mod list;
 mod persistence;
@@ -14,6 +15,7 @@ mod status;
 
 pub use cancel::cancel_intents;
 pub use events::{append_and_read, append_races, append_rejections, concurrent_writers, large_log};
+pub use fencing::fencing;
 pub use leases::leases;
 pub use list::list_paging;
 pub use persistence::{persistence, Persistence};
@@ -22,7 +24,7 @@ pub use status::{cas_races, transitions};
 
 /// The names of the checks, in the order [`conformance`](crate::conformance) runs them; failures
 /// and reports name checks this way.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     "create_and_get",
     "duplicates_and_idempotency",
     "transitions",
@@ -35,5 +37,6 @@ pub const NAMES: [&str; 13] = [
     "cancel_intents",
     "list_paging",
     "leases",
+    "fencing",
     "persistence",
 ];
