@@ -54,6 +54,17 @@ pub enum StoreError {
         /// The index that was offered.
         got: u64,
     },
+    /// `append_events` to a run that has ended: a terminal run takes no more events, and
+    /// nothing was written. (A status write to an ended run is a
+    /// [`TransitionOutcome::Conflict`](crate::TransitionOutcome::Conflict) when `from` does not
+    /// match, as for any other status.)
+    #[error("run {run_id} has ended ({status}) and takes no more events")]
+    RunEnded {
+        /// The run.
+        run_id: RunId,
+        /// Its terminal status.
+        status: RunStatus,
+    },
     /// A transition the status machine forbids.
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),

@@ -52,7 +52,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// - **Event logs are gapless.** [`append_events`](Store::append_events) accepts only the run's
 ///   next indices (0, 1, 2, ...) and keeps the run's `last_event_index` current in the same
 ///   write; anything else is [`StoreError::IndexConflict`](crate::StoreError::IndexConflict).
-///   A terminal run takes no more events.
+///   A terminal run takes no more events:
+///   [`StoreError::RunEnded`](crate::StoreError::RunEnded).
 /// - **Reads are exact.** [`read_events`](Store::read_events) returns the events after an index,
 ///   in order, as they were written.
 /// - **Cancel intents outlive runs.** An intent can be recorded for a run that does not exist
@@ -70,7 +71,8 @@ pub trait Store: Send + Sync + 'static {
     /// The run, or `None`.
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>>;
 
-    /// Runs matching `filter`, newest first by creation order (ties by insertion order), at most
+    /// Runs matching `filter`, newest first: by `created_at` descending, runs with the same
+    /// `created_at` by insertion order, the last inserted first (never by `run_id`); at most
     /// `limit` (1..=[`MAX_PAGE_SIZE`]), continuing after `cursor` (from a previous page).
     /// A cursor this store did not hand out is `InvalidCursor`.
     async fn list_runs(
@@ -80,13 +82,20 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> StoreResult<RunPage>;
 
-    /// Appends events to a non-terminal run's log. `events` must be non-empty and continue the
-    /// log exactly: the first index is the run's next, each next one +1.
+    /// Appends events to a non-terminal run's log. `events` must continue the log exactly: the
+    /// first index is the run's next, each next one +1; anything else is `IndexConflict` and
+    /// writes nothing. An empty `events` on a live run is a no-op (`Ok`, the run unchanged).
+    /// A run that does not exist is `RunNotFound`; a terminal one is `RunEnded` with its status
+    /// (checked before the indices), and nothing is written.
     async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()>;
 
     /// Compare-and-set of the run's status, with `events` appended in the same atomic write
     /// (a terminal transition stores the terminal event with the status). On `Conflict` nothing
-    /// is written. A transition the status machine forbids is `InvalidTransition`.
+    /// is written. A transition the status machine forbids is `InvalidTransition`, checked
+    /// before anything else; then the status is compared, so a run in another status (a
+    /// terminal one included) is `Conflict { actual }` whatever the events; only then are the
+    /// events' indices checked (`IndexConflict`). An applied transition sets `updated_at` to
+    /// the transition's `at`.
     async fn transition(
         &self,
         run_id: &RunId,
@@ -110,7 +119,8 @@ pub trait Store: Send + Sync + 'static {
     async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool>;
 
     /// Takes or renews the lease on a run for `owner`, lasting `ttl` from now. Granted when the
-    /// run has no lease, an expired one, or one of `owner`'s.
+    /// run has no lease, an expired one, or one of `owner`'s. A lease is live while now is
+    /// before its expiry, so a zero `ttl` grants a lease that has lapsed at once.
     async fn acquire_lease(
         &self,
         run_id: &RunId,
@@ -118,7 +128,8 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<LeaseGrant>;
 
-    /// Extends every live lease of `owner` to `ttl` from now; returns how many.
+    /// Extends every live lease of `owner` to `ttl` from now; returns how many. Lapsed leases
+    /// are not renewed (nor counted): once lapsed, a run may already belong to another owner.
     async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64>;
 
     /// Drops `owner`'s lease on a run (a no-op when it holds none).

@@ -1,6 +1,6 @@
 //! Run logs: appending (gapless, retry-safe) and reading.
 
-use bgrun_core::{Event, InvalidTransition, RunId, RunStatus, StoreError, StoreResult, Timestamp};
+use bgrun_core::{Event, RunId, RunStatus, StoreError, StoreResult, Timestamp};
 use deadpool_postgres::Transaction;
 
 use crate::fault::{Attempt, Failure};
@@ -46,11 +46,11 @@ pub(crate) async fn append(
                 return Ok(());
             }
             if status.is_terminal() {
-                // A terminal run takes nothing more: reported as the status change it would be.
-                return Err(StoreError::InvalidTransition(InvalidTransition {
-                    from: status,
-                    to: status,
-                })
+                // A terminal run takes nothing more.
+                return Err(StoreError::RunEnded {
+                    run_id: run_id.clone(),
+                    status,
+                }
                 .into());
             }
             if first.index() != next {

@@ -8,8 +8,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bgrun_core::{
-    CreateOutcome, Event, InvalidTransition, LeaseGrant, NewRun, RunId, RunStatus, StoreError,
-    StoreResult, Timestamp, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+    CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunStatus, StoreError, StoreResult, Timestamp,
+    Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
@@ -188,17 +188,6 @@ fn insert_events(conn: &Connection, seq: i64, events: &[Event]) -> StoreResult<(
     Ok(())
 }
 
-/// The error for appending to a run that has ended.
-fn ended(status: RunStatus) -> StoreError {
-    // bgrun-core has no error for "this run has ended"; the status machine's is the closest
-    // (a terminal status has no exit), and the conformance suite's reference store uses it too.
-    InvalidTransition {
-        from: status,
-        to: status,
-    }
-    .into()
-}
-
 /// `Store::append_events`.
 pub(crate) fn append(
     conn: &Connection,
@@ -229,7 +218,10 @@ pub(crate) fn append(
     // Refused, empty, or not consecutive: say why (or accept an empty append to a live run).
     let (_, status, last) = log_state(conn, run_id)?;
     if status.is_terminal() {
-        return Err(ended(status));
+        return Err(StoreError::RunEnded {
+            run_id: run_id.clone(),
+            status,
+        });
     }
     explain_refusal(run_id, last, events)?;
     if events.is_empty() {

@@ -49,7 +49,8 @@
 //! - [`append_and_read`](checks::append_and_read), [`append_rejections`](checks::append_rejections),
 //!   [`large_log`](checks::large_log), [`append_races`](checks::append_races),
 //!   [`concurrent_writers`](checks::concurrent_writers): gapless logs, exact JSON text,
-//!   `IndexConflict { expected, got }` for anything else, no appends to terminal runs (any error).
+//!   `IndexConflict { expected, got }` for anything else, an empty append to a live run a no-op,
+//!   an append to a terminal run `RunEnded { run_id, status }`.
 //! - [`cancel_intents`](checks::cancel_intents): intents before the run exists, idempotent.
 //! - [`list_paging`](checks::list_paging): newest `created_at` first, ties newest insertion
 //!   first; the page that ends the list has no `next_cursor`; cursors are positions, not offsets.

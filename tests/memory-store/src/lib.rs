@@ -27,9 +27,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bgrun_core::{
-    async_trait, now, CreateOutcome, Event, InvalidTransition, LeaseGrant, NewRun, RunFilter,
-    RunId, RunPage, RunRecord, RunStatus, Store, StoreError, StoreResult, Timestamp, Transition,
-    TransitionOutcome, IDEMPOTENCY_WINDOW_SECS, MAX_PAGE_SIZE,
+    async_trait, now, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage,
+    RunRecord, RunStatus, Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
+    IDEMPOTENCY_WINDOW_SECS, MAX_PAGE_SIZE,
 };
 
 /// A [`Store`] that keeps runs, events, cancel intents and leases in memory.
@@ -219,16 +219,15 @@ impl Store for MemoryStore {
             .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
         let status = run.record.status;
         if status.is_terminal() {
-            // bgrun-core has no dedicated error for "this run has ended"; the closest is the
-            // status machine's: a terminal status has no exit.
-            return Err(InvalidTransition {
-                from: status,
-                to: status,
-            }
-            .into());
+            return Err(StoreError::RunEnded {
+                run_id: run_id.clone(),
+                status,
+            });
         }
         run.push_events(events)?;
-        run.record.updated_at = now();
+        if !events.is_empty() {
+            run.record.updated_at = now();
+        }
         Ok(())
     }
 

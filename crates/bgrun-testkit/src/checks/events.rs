@@ -106,7 +106,8 @@ pub async fn append_and_read(store: Arc<dyn Store>) -> CheckResult {
 /// Appends that do not continue the log exactly — a gap, an overlap, a restart at 0, a batch
 /// with a hole, a repeat or the wrong order inside, a first append not at 0 — are
 /// `IndexConflict` and write nothing; the right continuation still works afterwards. An append
-/// to an unknown run is `RunNotFound`; an append to a terminal run is rejected and writes nothing.
+/// to an unknown run is `RunNotFound`; an empty append to a live run is a no-op; an append to a
+/// terminal run is `RunEnded` (with its status) and writes nothing.
 pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
     let store = &*store;
     let run = create_running(store, new_run("run-strict", "session-1", T0)).await?;
@@ -163,6 +164,21 @@ pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
             &Some(4),
         )?;
     }
+    let before = get(store, &run.run_id).await?;
+    store
+        .append_events(&run.run_id, &[])
+        .await
+        .succeeds("append_events(run-strict) with no events")?;
+    expect_eq(
+        "get_run(run-strict) after an empty append (a no-op)",
+        &get(store, &run.run_id).await?,
+        &before,
+    )?;
+    expect_events(
+        "the events of run-strict after an empty append",
+        &read_all(store, &run.run_id, 100).await?,
+        &stored,
+    )?;
     let next = events(&run, 5..7, "strict");
     store
         .append_events(&run.run_id, &next)
@@ -225,11 +241,15 @@ pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
         )
         .await?;
         let late = [event(&ended, 2, "late")];
-        let result = store.append_events(&ended.run_id, &late).await;
-        ensure!(
-            result.is_err(),
-            "append_events to {id}, which is {status}: expected an error (a terminal run takes no more events), got Ok"
-        );
+        match store.append_events(&ended.run_id, &late).await {
+            Err(StoreError::RunEnded {
+                run_id,
+                status: actual,
+            }) if run_id == ended.run_id && actual == status => {}
+            other => fail!(
+                "append_events to {id}, which is {status}: expected Err(RunEnded {{ run_id: {id}, status: {status} }}) (a terminal run takes no more events), got {other:?}"
+            ),
+        }
         expect_events(
             format!("the events of {id} after an append while {status}"),
             &read_all(store, &ended.run_id, 100).await?,
