@@ -1,4 +1,12 @@
 //! `bgrun serve`: the settings, the store they name, the server, and a prompt stop on SIGTERM.
+//!
+//! Replicas: any number of servers on one PostgreSQL database and schema (`BGRUN_PG_SCHEMA`)
+//! act as one; each leases the runs it executes (`BGRUN_LEASE_TTL_SECS`, renewed every
+//! `BGRUN_LEASE_RENEW_SECS`), so a dead or frozen one's runs are taken over by a live one about a
+//! lease TTL later. On SIGTERM a server stops taking runs, lets executing ones go on for
+//! `BGRUN_SHUTDOWN_GRACE_SECS`, then ends them `ERROR` "interrupted" (a retryable component's run
+//! is left with its lease released, for another replica to run again) and exits; its queued
+//! `PENDING` runs stay `PENDING`, adopted by another replica once they waited a lease TTL.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,8 +19,6 @@ use bgrun_exec::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How long runs still executing at a stop may go on before they are interrupted.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long, past the grace, open connections may take to close at a stop.
 const DRAIN_EXTRA: Duration = Duration::from_secs(1);
 
@@ -46,6 +52,80 @@ pub struct ServeArgs {
     /// Seconds a finished run's events stay in memory (then only the database has them).
     #[arg(long, env = "BGRUN_BUFFER_TTL_SECS", default_value_t = 1800)]
     buffer_ttl_secs: u64,
+    /// PostgreSQL schema holding bgrun's tables (created if missing); replicas sharing runs use
+    /// the same one. Letters, digits and _, not starting with a digit, at most 48 bytes.
+    /// Ignored with SQLite.
+    #[arg(long, env = "BGRUN_PG_SCHEMA", default_value = "bgrun", value_parser = parse_schema)]
+    pg_schema: String,
+    /// Seconds a run's lease lasts without renewal: a replica that dies (or freezes) has its
+    /// runs taken over by a live one about this long after. PostgreSQL only.
+    #[arg(
+        long,
+        env = "BGRUN_LEASE_TTL_SECS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    lease_ttl_secs: u64,
+    /// Seconds between lease renewals, each also a look for lapsed leases, cancels and
+    /// long-waiting PENDING runs of other replicas. Must be less than --lease-ttl-secs.
+    /// PostgreSQL only.
+    #[arg(
+        long,
+        env = "BGRUN_LEASE_RENEW_SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    lease_renew_secs: u64,
+    /// Seconds runs still executing at a stop (SIGTERM, SIGINT) may go on; then they end ERROR
+    /// "interrupted" (retryable components: left for another replica to run again). Queued
+    /// PENDING runs are left for another replica (or the next start).
+    #[arg(
+        long,
+        env = "BGRUN_SHUTDOWN_GRACE_SECS",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(0..=3_600)
+    )]
+    shutdown_grace_secs: u64,
+}
+
+/// Letters, digits and `_`, not starting with a digit, at most 48 bytes (PostgreSQL's limit
+/// on the notification channels named after the schema).
+fn parse_schema(schema: &str) -> Result<String, String> {
+    const MAX_LEN: usize = 48;
+    let mut chars = schema.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_');
+    let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid_start && valid_rest && schema.len() <= MAX_LEN {
+        Ok(schema.to_owned())
+    } else {
+        Err(format!(
+            "{schema:?} is not a schema name: letters, digits and _, not starting with a digit, \
+             at most {MAX_LEN} bytes"
+        ))
+    }
+}
+
+/// The engine's settings from the server's; a renewal period not shorter than the lease is an
+/// error.
+fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
+    if args.lease_renew_secs >= args.lease_ttl_secs {
+        bail!(
+            "BGRUN_LEASE_RENEW_SECS (--lease-renew-secs) is {} but must be less than \
+             BGRUN_LEASE_TTL_SECS (--lease-ttl-secs), {}: leases would lapse before renewal",
+            args.lease_renew_secs,
+            args.lease_ttl_secs
+        );
+    }
+    let mut config = EngineConfig {
+        max_concurrency: usize::try_from(args.max_concurrency).unwrap_or(usize::MAX),
+        lease_ttl: Duration::from_secs(args.lease_ttl_secs),
+        lease_renew_every: Duration::from_secs(args.lease_renew_secs),
+        ..EngineConfig::default()
+    };
+    config.log.finished_ttl = Duration::from_secs(args.buffer_ttl_secs);
+    Ok(config)
 }
 
 /// Where the runs are stored.
@@ -123,12 +203,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let security_key = match args.security_key {
+    let security_key = match args.security_key.clone() {
         Some(key) if key.is_empty() => bail!(
             "BGRUN_SECURITY_KEY (--security-key) is empty: set a key, or unset it to run without auth"
         ),
         key => key,
     };
+    let mut config = engine_config(&args)?;
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
     let listener = TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {} (BGRUN_BIND)", args.bind))?;
@@ -136,13 +218,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the listening address")?;
 
-    let (store, exclusive_store) = open_store(&args.database_url).await?;
-    let mut config = EngineConfig {
-        max_concurrency: usize::try_from(args.max_concurrency).unwrap_or(usize::MAX),
-        exclusive_store,
-        ..EngineConfig::default()
-    };
-    config.log.finished_ttl = Duration::from_secs(args.buffer_ttl_secs);
+    let (store, exclusive_store) = open_store(&args.database_url, &args.pg_schema).await?;
+    config.exclusive_store = exclusive_store;
     let engine = Engine::open(store, bgrun_exec::demo::registry(), config)
         .await
         .with_context(|| format!("opening the engine on {}", args.database_url))?;
@@ -156,16 +233,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     });
     tokio::pin!(server);
+    let schema = match args.database_url {
+        DatabaseUrl::Postgres(_) => format!(", schema {}", args.pg_schema),
+        DatabaseUrl::Sqlite(_) => String::new(),
+    };
     eprintln!(
-        "bgrun listening on http://{address} (database {})",
+        "bgrun listening on http://{address} (database {}{schema})",
         args.database_url
     );
-    tracing::info!(%address, database = %args.database_url, "ready");
+    tracing::info!(%address, database = %args.database_url, schema = %args.pg_schema, "ready");
 
     let signal_name = tokio::select! {
         result = &mut server => {
             // The server stopped by itself: that is a failure.
-            engine.shutdown(SHUTDOWN_GRACE).await;
+            engine.shutdown(grace).await;
             result.context("the HTTP server failed")?;
             bail!("the HTTP server stopped unexpectedly");
         }
@@ -177,8 +258,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Runs get the grace period; streams following them end with their terminal events.
     let drain = async {
         let (_, served) = tokio::join!(
-            engine.shutdown(SHUTDOWN_GRACE),
-            tokio::time::timeout(SHUTDOWN_GRACE + DRAIN_EXTRA, &mut server)
+            engine.shutdown(grace),
+            tokio::time::timeout(grace + DRAIN_EXTRA, &mut server)
         );
         match served {
             Ok(result) => result.context("the HTTP server failed while stopping"),
@@ -199,7 +280,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the store the URL names; also says whether it serves this process alone.
-async fn open_store(url: &DatabaseUrl) -> anyhow::Result<(Arc<dyn Store>, bool)> {
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+async fn open_store(url: &DatabaseUrl, schema: &str) -> anyhow::Result<(Arc<dyn Store>, bool)> {
     match url {
         DatabaseUrl::Sqlite(path) => {
             let store = bgrun_store_sqlite::SqliteStore::open(path)
@@ -210,10 +292,11 @@ async fn open_store(url: &DatabaseUrl) -> anyhow::Result<(Arc<dyn Store>, bool)>
         #[cfg(feature = "postgres")]
         DatabaseUrl::Postgres(raw) => {
             let config = bgrun_store_postgres::PostgresConfig::new(raw.clone())
+                .with_schema(schema)
                 .with_application_name("bgrun");
             let store = bgrun_store_postgres::PostgresStore::connect(config)
                 .await
-                .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+                .with_context(|| format!("connecting to PostgreSQL at {url} (schema {schema})"))?;
             Ok((Arc::new(store), false))
         }
         #[cfg(not(feature = "postgres"))]
@@ -251,6 +334,61 @@ mod tests {
     fn postgres_urls_print_without_password() {
         let url = DatabaseUrl::parse("postgres://bgrun:secret@db:5432/bgrun").unwrap();
         assert_eq!(url.to_string(), "postgres://bgrun:***@db:5432/bgrun");
+    }
+
+    /// `bgrun serve`'s arguments alone, for parsing in tests.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map(|serve| serve.args)
+    }
+
+    #[test]
+    fn lease_and_grace_settings() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.pg_schema, "bgrun");
+        assert_eq!(args.shutdown_grace_secs, 3);
+        let config = engine_config(&args).unwrap();
+        assert_eq!(config.lease_ttl, Duration::from_secs(20));
+        assert_eq!(config.lease_renew_every, Duration::from_secs(5));
+
+        let args = parse(&["--lease-ttl-secs", "2", "--lease-renew-secs", "1"]).unwrap();
+        let config = engine_config(&args).unwrap();
+        assert_eq!(config.lease_ttl, Duration::from_secs(2));
+        assert_eq!(config.lease_renew_every, Duration::from_secs(1));
+
+        for (ttl, renew) in [("5", "5"), ("2", "10")] {
+            let args = parse(&["--lease-ttl-secs", ttl, "--lease-renew-secs", renew]).unwrap();
+            let error = engine_config(&args).unwrap_err().to_string();
+            assert!(error.contains("must be less than"), "{error}");
+        }
+        for bad in [
+            &["--lease-ttl-secs", "0"][..],
+            &["--lease-renew-secs", "0"],
+            &["--lease-ttl-secs", "x"],
+            &["--shutdown-grace-secs", "-1"],
+            &["--pg-schema", "9x"],
+            &["--pg-schema", "a-b"],
+            &["--pg-schema", ""],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn schema_names() {
+        for good in ["bgrun", "_t_0a", "Tenant_7"] {
+            assert_eq!(parse_schema(good).unwrap(), good);
+        }
+        for bad in ["", "9x", "a\"b", "a.b", &"a".repeat(49)] {
+            assert!(parse_schema(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The end-to-end harness: the real `bgrun serve` on a free port over a temporary SQLite file,
-//! killed when dropped, and a strict reader of its SSE framing.
+//! The end-to-end harness: the real `bgrun serve` on a free port over a temporary SQLite file
+//! (or a database URL the test gives, e.g. PostgreSQL), killed when dropped, and a strict reader
+//! of its SSE framing.
 #![allow(dead_code)] // each test file uses part of it
 
 use std::collections::HashMap;
@@ -28,6 +29,27 @@ pub struct Options {
     pub security_key: Option<String>,
     /// More environment variables.
     pub env: Vec<(String, String)>,
+    /// `BGRUN_DATABASE_URL`; `None`: a SQLite file in the server's temporary directory.
+    pub database_url: Option<String>,
+    /// Arguments after `serve`.
+    pub args: Vec<String>,
+}
+
+impl Options {
+    /// A server on the database at `url`, with `args` after `serve`.
+    pub fn database(url: &str, args: &[&str]) -> Options {
+        Options {
+            database_url: Some(url.to_owned()),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            ..Options::default()
+        }
+    }
+
+    /// The same, with the environment variable `name` set to `value`.
+    pub fn with_env(mut self, name: &str, value: &str) -> Options {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
 }
 
 /// A running `bgrun serve`; SIGKILLed when dropped.
@@ -103,17 +125,24 @@ impl Server {
     /// `bgrun serve` as this server runs it.
     fn command(&self) -> Command {
         let log = File::create(&self.log).unwrap();
+        let database_url = self
+            .options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.db.display()));
         let mut command = Command::new(BGRUN);
         command
             .arg("serve")
+            .args(&self.options.args)
             .env_remove("BGRUN_SECURITY_KEY")
             .env_remove("BGRUN_MAX_CONCURRENCY")
             .env_remove("BGRUN_BUFFER_TTL_SECS")
+            .env_remove("BGRUN_PG_SCHEMA")
+            .env_remove("BGRUN_LEASE_TTL_SECS")
+            .env_remove("BGRUN_LEASE_RENEW_SECS")
+            .env_remove("BGRUN_SHUTDOWN_GRACE_SECS")
             .env("BGRUN_BIND", format!("127.0.0.1:{}", self.port))
-            .env(
-                "BGRUN_DATABASE_URL",
-                format!("sqlite://{}", self.db.display()),
-            )
+            .env("BGRUN_DATABASE_URL", database_url)
             .env("BGRUN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -164,7 +193,8 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Sends a signal by name (`TERM`, `KILL`, `INT`).
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`, `STOP`, `CONT`), to this server's process
+    /// alone.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -278,6 +308,36 @@ impl Server {
             .await
             .unwrap();
         Sse::new(response)
+    }
+
+    /// The value of one sample of `GET /metrics`, e.g. `bgrun_runs_active` or
+    /// `bgrun_runs_total{status="ERROR"}`.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET /metrics");
+        let text = response.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Polls `GET path` until `done` holds for its JSON, which it returns (bounded by the
+    /// harness' deadline: a guard against a hang, not a timing assertion).
+    pub async fn poll_json(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.get_json(path).await;
+            if done(&value) {
+                return value;
+            }
+            assert!(
+                started.elapsed() < HANG_GUARD,
+                "GET {path} never got there: {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Follows a run until it is terminal, through resume (waits on events, not on time).
