@@ -84,12 +84,14 @@ fn bench(quick: bool) -> Result<()> {
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let mut rows = Vec::new();
-    let benches: [(&str, &str); 1] = [("bgrun", "engine")];
+    // The PostgreSQL rows (R1, the live tail across replicas) need a database, kept alive here.
+    let (pg_url, _cluster) = pg::test_database_url()?;
+    let benches: [(&str, &str); 2] = [("bgrun", "engine"), ("bgrun-exec", "replicas")];
     for (package, name) in benches {
         let out = out_dir.join(format!("{name}.json"));
         let mut command = cargo();
         command.args(["bench", "-p", package, "--bench", name, "--", "--out"]);
-        command.arg(&out);
+        command.arg(&out).env(pg::URL_VAR, &pg_url);
         if quick {
             command.arg("--quick");
         }
