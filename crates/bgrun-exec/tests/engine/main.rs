@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod children;
+mod faults;
 mod fixture;
 mod replicas;
 mod runs;
