@@ -86,7 +86,11 @@ fn bench(quick: bool) -> Result<()> {
     let mut rows = Vec::new();
     // The PostgreSQL rows (R1, the live tail across replicas) need a database, kept alive here.
     let (pg_url, _cluster) = pg::test_database_url()?;
-    let benches: [(&str, &str); 2] = [("bgrun", "engine"), ("bgrun-exec", "replicas")];
+    let benches: [(&str, &str); 3] = [
+        ("bgrun", "engine"),
+        ("bgrun-exec", "replicas"),
+        ("bgrun-http", "http"),
+    ];
     for (package, name) in benches {
         let out = out_dir.join(format!("{name}.json"));
         let mut command = cargo();
