@@ -6,6 +6,7 @@
 //!   `target/bench/latest.json`.
 //! - `cargo xtask pg`: a throwaway PostgreSQL cluster, its URL printed, until Ctrl-C.
 
+mod ds;
 mod pg;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ fn main() {
         Some("test-all") => test_all(),
         Some("bench") => bench(args.iter().any(|arg| arg == "--quick")),
         Some("pg") => pg_forever(),
+        Some("ds-conformance") => ds::ds_conformance(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask <test-all | bench [--quick] | pg>");
             std::process::exit(2);
