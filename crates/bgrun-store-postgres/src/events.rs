@@ -65,7 +65,41 @@ pub(crate) async fn append(
             tx.commit().await?;
             Ok(())
         })
-        .await
+        .await?;
+    announce(inner, run_id, events.last().map_or(0, Event::index)).await;
+    Ok(())
+}
+
+/// Tells listeners (every replica) that the run's log is stored up to `last`, after the commit
+/// that stored it.
+///
+/// Not in the writing transaction: a transaction that notifies holds a database-wide lock from
+/// its commit's start to its end, WAL flush included, so notifying writes would commit one
+/// at a time (P2 of `cargo xtask bench` doubled without it). A notification-only transaction
+/// with `synchronous_commit = off` holds it for microseconds. A notification is a hint: if
+/// this one is lost (the process dies right after the commit), the run's next write, its
+/// recovery, or a listener's resync tells the same.
+pub(crate) async fn announce(inner: &Inner, run_id: &RunId, last: u64) {
+    let payload = &Channels::durable_payload(run_id, last);
+    let sent = inner
+        .retry
+        .run("announcing stored events", |_| async move {
+            let client = inner.pool.get().await?;
+            // One autocommit statement; `set_config(.., true)` lasts for its transaction.
+            let notify = client
+                .prepare_cached(
+                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
+                )
+                .await?;
+            client
+                .execute(&notify, &[&inner.channels.durable, payload])
+                .await?;
+            Ok(())
+        })
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%run_id, last, %error, "cannot announce stored events; listeners catch up later");
+    }
 }
 
 /// Rejects a batch whose indices do not follow each other.
@@ -121,9 +155,9 @@ async fn already_stored(
             .all(|(row, event)| row.get::<_, &str>(0) == event.json()))
 }
 
-/// Inserts `events` (already checked to continue the log), moves the run's
-/// `last_event_index` (and `updated_at` to `at`), and notifies listeners, inside the
-/// caller's transaction.
+/// Inserts `events` (already checked to continue the log) and moves the run's
+/// `last_event_index` (and `updated_at` to `at`), inside the caller's transaction. The caller
+/// [`announce`]s them once committed.
 pub(crate) async fn write(
     inner: &Inner,
     tx: &Transaction<'_>,
@@ -144,15 +178,6 @@ pub(crate) async fn write(
     tx.execute(
         &advance,
         &[&run_id.as_str(), &to_stored(last.index())?, &at],
-    )
-    .await?;
-    let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    tx.execute(
-        &notify,
-        &[
-            &inner.channels.durable,
-            &Channels::durable_payload(run_id, last.index()),
-        ],
     )
     .await?;
     Ok(())

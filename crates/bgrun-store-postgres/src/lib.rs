@@ -30,7 +30,8 @@
 //! - Every status write is one `UPDATE ... WHERE run_id = $1 AND status = $2`; events go in
 //!   the same transaction.
 //! - Appends lock the run's row (`FOR UPDATE`), check the log continues, insert the batch in
-//!   one statement and move `last_event_index`, then `pg_notify` in the same transaction.
+//!   one statement and move `last_event_index`; once committed, `pg_notify` tells every
+//!   replica (in a transaction of its own: see `events::announce`).
 //! - Connection errors are retried with backoff. Writes stay exactly-once across a retry whose
 //!   earlier attempt may have committed: appends find their events already stored with the
 //!   same JSON, creates and transitions find the token they wrote.

@@ -260,7 +260,7 @@ pub(crate) async fn transition(
         "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
     ));
     let (cas, current, token) = (&cas, &current, &token);
-    inner
+    let outcome = inner
         .retry
         .run("changing a run's status", |attempt| async move {
             let mut client = inner.pool.get().await?;
@@ -302,7 +302,11 @@ pub(crate) async fn transition(
             tx.commit().await?;
             Ok(TransitionOutcome::Applied(Box::new(record)))
         })
-        .await
+        .await?;
+    if let (TransitionOutcome::Applied(_), Some(last)) = (&outcome, events.last()) {
+        events::announce(inner, run_id, last.index()).await;
+    }
+    Ok(outcome)
 }
 
 /// The compare-and-set matched no row: the run is missing, in another status, or (on a retry)
