@@ -86,17 +86,19 @@ fn bench(quick: bool) -> Result<()> {
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let mut rows = Vec::new();
-    // The PostgreSQL rows (R1, the live tail across replicas) need a database, kept alive here.
+    // The PostgreSQL rows (P1-P3 on PostgreSQL, R1 the live tail across replicas) need a
+    // database, provisioned as for test-all and kept alive here.
     let (pg_url, _cluster) = pg::test_database_url()?;
-    let benches: [(&str, &str); 3] = [
-        ("bgrun", "engine"),
-        ("bgrun-exec", "replicas"),
-        ("bgrun-http", "http"),
+    let benches: [(&str, &str, &[&str]); 3] = [
+        ("bgrun", "engine", &["--features", "postgres"]),
+        ("bgrun-exec", "replicas", &[]),
+        ("bgrun-http", "http", &[]),
     ];
-    for (package, name) in benches {
+    for (package, name, features) in benches {
         let out = out_dir.join(format!("{name}.json"));
         let mut command = cargo();
-        command.args(["bench", "-p", package, "--bench", name, "--", "--out"]);
+        command.args(["bench", "-p", package]).args(features);
+        command.args(["--bench", name, "--", "--out"]);
         command.arg(&out).env(pg::URL_VAR, &pg_url);
         if quick {
             command.arg("--quick");

@@ -1,8 +1,10 @@
 //! Engine benchmarks P1-P3 on SQLite, each beside a "raw" row: plain rusqlite doing the same
-//! writes with no engine around them, measured in the same run.
+//! writes with no engine around them, measured in the same run. With the `postgres` feature and
+//! `BGRUN_BENCH_PG_URL` (or `BGRUN_TEST_PG_URL`) set, the same on PostgreSQL, the raw rows
+//! written by tokio-postgres alone, in a fresh schema dropped afterwards.
 //!
-//! `cargo xtask bench` runs this; directly: `cargo bench -p bgrun --bench engine -- [--quick]
-//! [--out FILE]`. Rows are printed and written as JSON.
+//! `cargo xtask bench` runs this; directly: `cargo bench -p bgrun [--features postgres] --bench
+//! engine -- [--quick] [--out FILE]`. Rows are printed and written as JSON.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
@@ -36,11 +38,15 @@ fn options() -> Options {
 }
 
 fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
+    store_row("sqlite", id, metric, value, raw)
+}
+
+fn store_row(store: &str, id: &str, metric: &str, value: f64, raw: f64) -> Value {
     let ratio = if raw == 0.0 { 0.0 } else { value / raw };
     println!(
-        "{id:<4} sqlite  {metric:<14} bgrun {value:>14.1}   raw {raw:>14.1}   ratio {ratio:>6.2}"
+        "{id:<4} {store:<8} {metric:<14} bgrun {value:>14.1}   raw {raw:>14.1}   ratio {ratio:>6.2}"
     );
-    json!({"id": id, "store": "sqlite", "metric": metric, "value": round(value), "raw": round(raw), "ratio": round(ratio)})
+    json!({"id": id, "store": store, "metric": metric, "value": round(value), "raw": round(raw), "ratio": round(ratio)})
 }
 
 fn round(value: f64) -> f64 {
@@ -273,9 +279,346 @@ fn main() {
         rows.extend(p1(dir.path(), p1_n).await);
         rows.extend(p2(dir.path(), p2_n).await);
         rows.extend(p3(dir.path(), p3_n).await);
+        #[cfg(feature = "postgres")]
+        match pg::url() {
+            Some(url) => rows.extend(pg::all(&url, p1_n, p2_n, p3_n).await),
+            None => println!("postgres rows skipped: set BGRUN_BENCH_PG_URL or BGRUN_TEST_PG_URL"),
+        }
     });
     if let Some(out) = options.out {
         let text = serde_json::to_string_pretty(&rows).expect("json");
         std::fs::write(&out, text).expect("write bench rows");
+    }
+}
+
+/// The PostgreSQL rows.
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::time::{Duration, Instant};
+
+    use bgrun::layers::postgres::PostgresConfig;
+    use bgrun::{demo, Engine, EngineConfig, RunId, StartRequest};
+    use futures::StreamExt;
+    use serde_json::Value;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    use tokio_postgres::{Client, NoTls};
+
+    use super::{event_json, percentile, store_row};
+
+    fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
+        store_row("postgres", id, metric, value, raw)
+    }
+
+    /// `BGRUN_BENCH_PG_URL`, else `BGRUN_TEST_PG_URL`.
+    pub fn url() -> Option<String> {
+        ["BGRUN_BENCH_PG_URL", "BGRUN_TEST_PG_URL"]
+            .into_iter()
+            .filter_map(|var| std::env::var(var).ok())
+            .find(|url| !url.trim().is_empty())
+    }
+
+    async fn connect(url: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// The bench's schemas (the engine's and the raw rows'), dropped when this is dropped.
+    struct Schemas {
+        url: String,
+        engine: String,
+        raw: String,
+    }
+
+    impl Drop for Schemas {
+        fn drop(&mut self) {
+            let (url, engine, raw) = (self.url.clone(), self.engine.clone(), self.raw.clone());
+            // Drop may run inside the runtime, which cannot block: a thread with its own.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    connect(&url)
+                        .await
+                        .batch_execute(&format!(
+                            "DROP SCHEMA IF EXISTS {engine} CASCADE; DROP SCHEMA IF EXISTS {raw} CASCADE"
+                        ))
+                        .await
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!(
+                    "could not drop the bench schemas {} and {}",
+                    self.engine, self.raw
+                );
+            }
+        }
+    }
+
+    async fn engine(url: &str, schema: &str) -> Engine {
+        bgrun::open_postgres_with(
+            PostgresConfig::new(url).with_schema(schema),
+            demo::registry(),
+            EngineConfig {
+                max_concurrency: 1024,
+                ..EngineConfig::default()
+            },
+        )
+        .await
+        .expect("open engine on PostgreSQL")
+    }
+
+    pub async fn all(url: &str, p1_n: usize, p2_n: usize, p3_n: u64) -> Vec<Value> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        let name = format!("bench_{}_{nanos}", std::process::id());
+        let schemas = Schemas {
+            url: url.to_owned(),
+            engine: name.clone(),
+            raw: format!("{name}_raw"),
+        };
+        // The engine's schema is made by its migrations; the raw one copies its tables
+        // (columns, keys, indexes), so both sides write the same rows into the same shapes.
+        engine(url, &schemas.engine)
+            .await
+            .shutdown(Duration::from_secs(5))
+            .await;
+        let client = connect(url).await;
+        let (e, r) = (&schemas.engine, &schemas.raw);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {r};
+                 CREATE TABLE {r}.runs (LIKE {e}.runs INCLUDING ALL);
+                 CREATE TABLE {r}.events (LIKE {e}.events INCLUDING ALL);"
+            ))
+            .await
+            .expect("raw schema");
+        let mut rows = Vec::new();
+        rows.extend(p1(url, &schemas, &client, p1_n).await);
+        rows.extend(p2(url, &schemas, &client, p2_n).await);
+        rows.extend(p3(url, &schemas, &client, p3_n).await);
+        drop(schemas);
+        rows
+    }
+
+    const INSERT_RUN: &str = "(run_id, session_id, kind, component_id, status, input, params, \
+        created_at, updated_at) VALUES ($1, $1, 'agent', 'ticker', 'PENDING', 'x', \
+        '{\"count\":0}', $2, $2)";
+
+    /// P1: `start` until PENDING is persisted, one after another; raw: one autocommit INSERT.
+    async fn p1(url: &str, schemas: &Schemas, client: &Client, n: usize) -> Vec<Value> {
+        let engine = engine(url, &schemas.engine).await;
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let began = Instant::now();
+            let started = engine
+                .start(StartRequest::agent("ticker", "x").param("count", 0))
+                .await
+                .expect("start");
+            samples.push(began.elapsed());
+            std::hint::black_box(started);
+        }
+        engine.shutdown(Duration::from_secs(30)).await;
+
+        let insert = client
+            .prepare(&format!("INSERT INTO {}.runs {INSERT_RUN}", schemas.raw))
+            .await
+            .expect("prepare");
+        let mut raw = Vec::with_capacity(n);
+        for _ in 0..n {
+            let run_id = RunId::generate();
+            let began = Instant::now();
+            client
+                .execute(&insert, &[&run_id.as_str(), &0_i64])
+                .await
+                .expect("insert run");
+            raw.push(began.elapsed());
+        }
+        vec![
+            row(
+                "P1",
+                "p50_us",
+                percentile(&mut samples, 0.50),
+                percentile(&mut raw, 0.50),
+            ),
+            row(
+                "P1",
+                "p99_us",
+                percentile(&mut samples, 0.99),
+                percentile(&mut raw, 0.99),
+            ),
+        ]
+    }
+
+    /// P2: `runs` runs of 10 events each, launched at once, until all are terminal; raw: the
+    /// same rows (run, RUNNING, 12 events, COMPLETED) with unnest, 100 runs per transaction.
+    async fn p2(url: &str, schemas: &Schemas, client: &Client, runs: usize) -> Vec<Value> {
+        let engine = engine(url, &schemas.engine).await;
+        let began = Instant::now();
+        let starts =
+            (0..runs).map(|_| engine.start(StartRequest::agent("ticker", "x").param("count", 10)));
+        let started = futures::future::join_all(starts).await;
+        let waits = started.into_iter().map(|started| {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .wait(&started.expect("start").run.run_id)
+                    .await
+                    .expect("wait")
+            }
+        });
+        futures::future::join_all(waits).await;
+        let elapsed = began.elapsed();
+        engine.shutdown(Duration::from_secs(30)).await;
+
+        let r = &schemas.raw;
+        let insert_runs = format!(
+            "INSERT INTO {r}.runs (run_id, session_id, kind, component_id, status, input, params, \
+             created_at, updated_at) SELECT id, id, 'agent', 'ticker', 'PENDING', 'x', \
+             '{{\"count\":10}}', 0, 0 FROM unnest($1::text[]) AS id"
+        );
+        let set_status = format!(
+            "UPDATE {r}.runs SET status = $2, updated_at = 1, last_event_index = $3 \
+             WHERE run_id = ANY($1) AND status = $4"
+        );
+        let insert_events = format!(
+            "INSERT INTO {r}.events (run_id, event_index, event_type, json) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])"
+        );
+        let began = Instant::now();
+        let ids: Vec<String> = (0..runs)
+            .map(|_| RunId::generate().as_str().to_owned())
+            .collect();
+        for chunk in ids.chunks(100) {
+            let (mut run_ids, mut indices, mut types, mut jsons) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for id in chunk {
+                for index in 0..12_u64 {
+                    run_ids.push(id.as_str());
+                    indices.push(index as i64);
+                    types.push("RunContent");
+                    jsons.push(event_json(id, index));
+                }
+            }
+            client.batch_execute("BEGIN").await.expect("begin");
+            client
+                .execute(&insert_runs, &[&chunk])
+                .await
+                .expect("insert runs");
+            client
+                .execute(&set_status, &[&chunk, &"RUNNING", &0_i64, &"PENDING"])
+                .await
+                .expect("running");
+            client
+                .execute(&insert_events, &[&run_ids, &indices, &types, &jsons])
+                .await
+                .expect("insert events");
+            client
+                .execute(&set_status, &[&chunk, &"COMPLETED", &11_i64, &"RUNNING"])
+                .await
+                .expect("completed");
+            client.batch_execute("COMMIT").await.expect("commit");
+        }
+        let raw = began.elapsed();
+        vec![row(
+            "P2",
+            "runs_per_s",
+            runs as f64 / elapsed.as_secs_f64(),
+            runs as f64 / raw.as_secs_f64(),
+        )]
+    }
+
+    /// P3: one detached run of `events` events, read by a subscriber that sees each only once
+    /// durable; raw: the faster of a multi-row INSERT (unnest) and a binary COPY per 1,000
+    /// rows, each its own transaction.
+    async fn p3(url: &str, schemas: &Schemas, client: &Client, events: u64) -> Vec<Value> {
+        let engine = engine(url, &schemas.engine).await;
+        let began = Instant::now();
+        let run = engine
+            .start(StartRequest::agent("ticker", "x").param("count", events as i64))
+            .await
+            .expect("start")
+            .run;
+        let mut stream = engine.events(&run.run_id, None);
+        let mut seen = 0u64;
+        while let Some(event) = stream.next().await {
+            event.expect("event");
+            seen += 1;
+        }
+        let elapsed = began.elapsed();
+        assert_eq!(seen, events + 2);
+        engine.shutdown(Duration::from_secs(30)).await;
+
+        let r = &schemas.raw;
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {r}.events (run_id, event_index, event_type, json) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])"
+            ))
+            .await
+            .expect("prepare");
+        let run_id = RunId::generate();
+        let run_id = run_id.as_str();
+        let began = Instant::now();
+        let mut index = 0;
+        while index < events {
+            let end = (index + 1000).min(events);
+            let indices: Vec<i64> = (index..end).map(|i| i as i64).collect();
+            let types = vec!["RunContent"; indices.len()];
+            let jsons: Vec<String> = (index..end).map(|i| event_json(run_id, i)).collect();
+            client
+                .execute(&insert, &[&run_id, &indices, &types, &jsons])
+                .await
+                .expect("insert events");
+            index = end;
+        }
+        let multi_row = began.elapsed();
+
+        let run_id = RunId::generate();
+        let run_id = run_id.as_str();
+        let copy = format!(
+            "COPY {r}.events (run_id, event_index, event_type, json) FROM STDIN (FORMAT binary)"
+        );
+        let began = Instant::now();
+        let mut index = 0;
+        while index < events {
+            let end = (index + 1000).min(events);
+            let sink = client.copy_in(&copy).await.expect("copy in");
+            let writer =
+                BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
+            futures::pin_mut!(writer);
+            for i in index..end {
+                let json = event_json(run_id, i);
+                writer
+                    .as_mut()
+                    .write(&[&run_id, &(i as i64), &"RunContent", &json])
+                    .await
+                    .expect("copy row");
+            }
+            writer.finish().await.expect("copy finish");
+            index = end;
+        }
+        let copy = began.elapsed();
+        println!(
+            "P3   postgres raw: multi-row INSERT {:.0} events/s, binary COPY {:.0} events/s",
+            events as f64 / multi_row.as_secs_f64(),
+            events as f64 / copy.as_secs_f64()
+        );
+        let raw = multi_row.min(copy);
+        vec![row(
+            "P3",
+            "events_per_s",
+            (events + 2) as f64 / elapsed.as_secs_f64(),
+            events as f64 / raw.as_secs_f64(),
+        )]
     }
 }

@@ -48,6 +48,9 @@ pub mod layers {
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub use bgrun_http as http;
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub use bgrun_store_postgres as postgres;
     #[cfg(feature = "sqlite")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub use bgrun_store_sqlite as sqlite;
@@ -79,4 +82,36 @@ pub async fn open_sqlite_with(
         ..config
     };
     Engine::open(std::sync::Arc::new(store), registry, config).await
+}
+
+/// Opens an engine over a PostgreSQL database (the schema is created and migrated if needed)
+/// with the default configuration. Several engines, in one process or many, may share the
+/// database: `exclusive_store` is off, so each leases the runs it executes.
+///
+/// `config` says where and how: `PostgresConfig::new("postgres://user@host/db")`, see
+/// [`layers::postgres::PostgresConfig`].
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub async fn open_postgres(
+    config: bgrun_store_postgres::PostgresConfig,
+    registry: Registry,
+) -> Result<Engine, EngineError> {
+    open_postgres_with(config, registry, EngineConfig::default()).await
+}
+
+/// [`open_postgres`] with an engine configuration (its `exclusive_store` is cleared: a
+/// PostgreSQL database is shared).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub async fn open_postgres_with(
+    config: bgrun_store_postgres::PostgresConfig,
+    registry: Registry,
+    engine: EngineConfig,
+) -> Result<Engine, EngineError> {
+    let store = bgrun_store_postgres::PostgresStore::connect(config).await?;
+    let engine = EngineConfig {
+        exclusive_store: false,
+        ..engine
+    };
+    Engine::open(std::sync::Arc::new(store), registry, engine).await
 }
