@@ -16,7 +16,7 @@
 //!   pre-rendered, streamed from memory in chunks of as many frames as bgrun sends at once.
 //!
 //! `cargo xtask bench` runs this; directly: `cargo bench -p bgrun-http --bench http --
-//! [--quick] [--out FILE]`. Rows are printed and written as JSON.
+//! [--quick] [--out FILE] [--only P4,P5,P6]`. Rows are printed and written as JSON.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
@@ -54,18 +54,30 @@ const P6_STREAM_BYTES: usize = 256 << 20;
 struct Options {
     quick: bool,
     out: Option<String>,
+    /// `--only P4,P6`: these rows alone (for profiling).
+    only: Option<String>,
+}
+
+impl Options {
+    fn runs(&self, id: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.split(',').any(|one| one == id))
+    }
 }
 
 fn options() -> Options {
     let mut options = Options {
         quick: false,
         out: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--out" => options.out = args.next(),
+            "--only" => options.only = args.next(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -627,9 +639,15 @@ fn main() {
     };
     let mut rows = Vec::new();
     runtime().block_on(async {
-        rows.extend(p4(dir.path(), p4_n).await);
-        rows.extend(p5(dir.path(), p5_n).await);
-        rows.extend(p6(dir.path(), p6_events, p6_reps).await);
+        if options.runs("P4") {
+            rows.extend(p4(dir.path(), p4_n).await);
+        }
+        if options.runs("P5") {
+            rows.extend(p5(dir.path(), p5_n).await);
+        }
+        if options.runs("P6") {
+            rows.extend(p6(dir.path(), p6_events, p6_reps).await);
+        }
     });
     if let Some(out) = options.out {
         let text = serde_json::to_string_pretty(&rows).expect("json");
