@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bgrun_core::{Event, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use tokio::sync::Semaphore;
 
 use crate::codec::{
     decode_cursor, encode_cursor, index_from_sql, run_from_row, RUN_COLUMNS, RUN_COLUMNS_R,
@@ -17,14 +18,19 @@ use crate::codec::{
 use crate::ops::now_millis;
 use crate::schema;
 
-/// How many idle read connections are kept; more may be open at once under load.
-const MAX_IDLE: usize = 8;
+/// How many reads run at once, and so how many read connections a store opens at most. Reads
+/// beyond that wait for a connection instead of opening (and then closing) one of their own:
+/// opening a connection parses the schema, which costs more than most reads.
+const MAX_READERS: usize = 8;
 
 /// The read-only connections of one store.
 #[derive(Debug)]
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per connection: a read holds one from before it leaves the runtime until its
+    /// connection is back in `idle`.
+    permits: Arc<Semaphore>,
 }
 
 fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -39,7 +45,8 @@ impl Readers {
     pub(crate) fn new(path: PathBuf) -> Self {
         Self {
             path,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::with_capacity(MAX_READERS)),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
         }
     }
 
@@ -49,8 +56,13 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::backend("waiting for a read connection", e))?;
         let readers = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers.take()?;
             let result = read(&conn);
             readers.give_back(conn);
@@ -74,9 +86,8 @@ impl Readers {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
+        // Never more than MAX_READERS: one per permit.
+        idle.push(conn);
     }
 }
 
