@@ -6,8 +6,14 @@
 //! success only once its write is committed. A command that is refused (a lost compare-and-set,
 //! an index conflict, a taken run id) has written nothing and fails alone; see
 //! `Writer::guarded` for how that holds without a savepoint per command.
+//!
+//! The writer does not checkpoint: SQLite would copy the WAL into the database (and sync it)
+//! inside the commit that crosses the threshold, holding up every caller of that batch for
+//! milliseconds. A checkpointer thread with its own connection does it instead, when the writer
+//! reports that the WAL has grown past [`CHECKPOINT_PAGES`], concurrently with later commits.
 
-use std::path::PathBuf;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +22,7 @@ use bgrun_core::{
     now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Timestamp,
     Transition, TransitionOutcome,
 };
+use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +34,65 @@ pub(crate) const MAX_BATCH: usize = 4096;
 
 /// How many commands may wait for the writer before senders wait too.
 pub(crate) const QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// The WAL size, in pages, past which the writer asks for a checkpoint (SQLite's own default
+/// threshold). Once a checkpoint has copied the whole WAL, the next commit starts it over.
+pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
+
+thread_local! {
+    /// The WAL's size in pages after the last commit on this thread, as SQLite reports it.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's WAL hook on the writer connection (called on the committing thread). Installing it
+/// replaces SQLite's automatic checkpoint.
+fn note_wal_pages(_: &Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
+
+/// The checkpointer thread: a connection of its own that copies the WAL into the database each
+/// time the writer asks, until the writer goes away.
+struct Checkpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the thread, or `None` (SQLite then checkpoints in the writer's commits).
+    fn spawn(path: &Path) -> Option<Self> {
+        let conn = match schema::open_writer(path) {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "no checkpointer connection; the writer checkpoints");
+                return None;
+            }
+        };
+        let (nudge, nudges) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("bgrun-sqlite-ckpt".into())
+            .spawn(move || {
+                while nudges.recv().is_ok() {
+                    // PASSIVE: copies what no reader still needs, never waits for the writer.
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "checkpointing the SQLite WAL");
+                    }
+                }
+                if let Err((_, error)) = conn.close() {
+                    tracing::warn!(%error, "closing the SQLite checkpointer connection");
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Self { nudge, thread }),
+            Err(error) => {
+                tracing::warn!(%error, "no checkpointer thread; the writer checkpoints");
+                None
+            }
+        }
+    }
+}
 
 /// Where a command's result goes.
 pub(crate) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -148,8 +214,16 @@ pub(crate) async fn spawn(
                     if ready_tx.send(Ok(())).is_err() {
                         return;
                     }
-                    Writer::new(conn, stats).serve(receiver);
-                    // The connection is closed (in `serve`) before the lock is released.
+                    let mut writer = Writer::new(conn, stats);
+                    let checkpointer = writer.checkpoint_on_its_own(&path);
+                    writer.serve(receiver);
+                    // Both connections are closed (the writer's in `serve`, which also let the
+                    // checkpointer go) before the lock is released.
+                    if let Some(thread) = checkpointer {
+                        if thread.join().is_err() {
+                            tracing::error!("the SQLite checkpointer thread panicked");
+                        }
+                    }
                     drop(lock);
                 }
                 Err(error) => {
@@ -179,6 +253,8 @@ pub(crate) struct Writer {
     conn: Connection,
     stats: Arc<WriterStats>,
     done: Vec<Done>,
+    /// Asks the checkpointer thread for a checkpoint; `None`: SQLite checkpoints in commits.
+    checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// The transaction of the current batch cannot be trusted any more.
@@ -191,6 +267,25 @@ impl Writer {
             conn,
             stats,
             done: Vec::with_capacity(MAX_BATCH),
+            checkpoints: None,
+        }
+    }
+
+    /// Hands checkpoints to a thread of their own; returns it (to join once the writer is done).
+    fn checkpoint_on_its_own(&mut self, path: &Path) -> Option<std::thread::JoinHandle<()>> {
+        let Checkpointer { nudge, thread } = Checkpointer::spawn(path)?;
+        self.conn.wal_hook(Some(note_wal_pages));
+        self.checkpoints = Some(nudge);
+        Some(thread)
+    }
+
+    /// Asks for a checkpoint when the last commit left the WAL large; never waits.
+    fn maybe_checkpoint(&self) {
+        if let Some(nudge) = &self.checkpoints {
+            if WAL_PAGES.get() >= CHECKPOINT_PAGES {
+                // Full: a checkpoint is already asked for.
+                let _ = nudge.try_send(());
+            }
         }
     }
 
@@ -200,6 +295,7 @@ impl Writer {
         while receiver.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
             self.execute(&mut batch);
         }
+        self.checkpoints = None;
         if let Err((_, error)) = self.conn.close() {
             tracing::warn!(%error, "closing the SQLite writer connection");
         }
@@ -222,6 +318,10 @@ impl Writer {
         }
         for done in self.done.drain(..) {
             done.send(failed.as_deref());
+        }
+        // After the replies: waking the checkpointer holds up no caller.
+        if failed.is_none() {
+            self.maybe_checkpoint();
         }
     }
 
