@@ -65,31 +65,34 @@ impl Event {
         event_type: &str,
         fields: &Map<String, Value>,
     ) -> Self {
-        let mut json = String::with_capacity(128 + event_type.len() + 32 * fields.len());
-        json.push_str("{\"event\":");
-        push_json_str(&mut json, event_type);
-        json.push_str(",\"run_id\":");
-        push_json_str(&mut json, envelope.run_id.as_str());
-        json.push_str(",\"session_id\":");
-        push_json_str(&mut json, envelope.session_id.as_str());
-        json.push_str(",\"created_at\":");
-        json.push_str(&envelope.created_at.to_string());
-        json.push_str(",\"event_index\":");
-        json.push_str(&index.to_string());
+        // Written straight into one buffer: no intermediate string per key, value or number.
+        let mut json = Vec::with_capacity(128 + event_type.len() + 32 * fields.len());
+        json.extend_from_slice(b"{\"event\":");
+        push_json(&mut json, event_type);
+        json.extend_from_slice(b",\"run_id\":");
+        push_json(&mut json, envelope.run_id.as_str());
+        json.extend_from_slice(b",\"session_id\":");
+        push_json(&mut json, envelope.session_id.as_str());
+        json.extend_from_slice(b",\"created_at\":");
+        push_json(&mut json, &envelope.created_at);
+        json.extend_from_slice(b",\"event_index\":");
+        push_json(&mut json, &index);
         for (key, value) in fields {
             if ENVELOPE_KEYS.contains(&key.as_str()) {
                 continue;
             }
-            json.push(',');
-            push_json_str(&mut json, key);
-            json.push(':');
-            // Writing JSON to a String cannot fail: `Value` serialises infallibly.
-            json.push_str(&value.to_string());
+            json.push(b',');
+            push_json(&mut json, key);
+            json.push(b':');
+            push_json(&mut json, value);
         }
-        json.push('}');
+        json.push(b'}');
+        // serde_json writes UTF-8 only.
+        let json = String::from_utf8(json)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
         Self {
             index,
-            event_type: event_type.into(),
+            event_type: event_type_arc(event_type),
             json: json.into(),
         }
     }
@@ -144,11 +147,33 @@ impl Event {
     }
 }
 
-fn push_json_str(out: &mut String, value: &str) {
-    // A &str always serialises; serde_json escapes exactly as JSON requires.
-    if let Ok(quoted) = serde_json::to_string(value) {
-        out.push_str(&quoted);
+/// Appends `value` as compact JSON.
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Strings, numbers and `Value`s always serialise, and a Vec takes every write.
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// The shared text of an event type: a run emits a handful of types many times each, so the
+/// recent ones are kept per thread and an event costs a reference count, not an allocation.
+fn event_type_arc(event_type: &str) -> Arc<str> {
+    const KEPT: usize = 8;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    RECENT.with(|recent| {
+        let Ok(mut recent) = recent.try_borrow_mut() else {
+            return Arc::from(event_type);
+        };
+        if let Some(found) = recent.iter().find(|kept| &***kept == event_type) {
+            return found.clone();
+        }
+        let made: Arc<str> = Arc::from(event_type);
+        if recent.len() == KEPT {
+            recent.remove(0);
+        }
+        recent.push(made.clone());
+        made
+    })
 }
 
 #[cfg(test)]
