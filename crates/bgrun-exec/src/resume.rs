@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::error::{EngineError, EngineResult};
 
 /// How many events one store read takes.
-const STORE_PAGE: usize = 1000;
+const STORE_PAGE: usize = 4096;
 /// How many events one read from memory takes.
 const MEMORY_BATCH: usize = 1024;
 
@@ -209,6 +209,7 @@ pub struct EventStream {
     ready: VecDeque<Event>,
     done: bool,
     idle_polls: u32,
+    ahead: Option<ReadAhead>,
     pending: Option<BoxFuture<'static, (FetchState, EngineResult<Vec<Event>>)>>,
 }
 
@@ -222,6 +223,12 @@ impl std::fmt::Debug for EventStream {
     }
 }
 
+/// A store page being read ahead: the index it starts at, and the read.
+type ReadAhead = (
+    u64,
+    tokio::task::JoinHandle<bgrun_core::StoreResult<Vec<Event>>>,
+);
+
 /// What a fetch needs and hands back.
 struct FetchState {
     engine: Engine,
@@ -230,6 +237,7 @@ struct FetchState {
     subscription: Option<Subscription>,
     done: bool,
     idle_polls: u32,
+    ahead: Option<ReadAhead>,
 }
 
 impl EventStream {
@@ -243,6 +251,7 @@ impl EventStream {
             ready: VecDeque::new(),
             done: false,
             idle_polls: 0,
+            ahead: None,
             pending: None,
         }
     }
@@ -286,6 +295,7 @@ impl EventStream {
             subscription: self.subscription.take(),
             done: self.done,
             idle_polls: self.idle_polls,
+            ahead: self.ahead.take(),
         }
     }
 
@@ -294,6 +304,7 @@ impl EventStream {
         self.subscription = state.subscription;
         self.done = state.done;
         self.idle_polls = state.idle_polls;
+        self.ahead = state.ahead;
     }
 }
 
@@ -344,9 +355,30 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
         }
         // Watch before reading, so that a notification after the read is not missed.
         let mut changed = state.engine.inner.remote.watch(&state.run_id);
-        let events = store
-            .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
-            .await?;
+        let events = match state.ahead.take() {
+            Some((from, read)) if from == state.next => match read.await {
+                Ok(events) => events?,
+                Err(_) => {
+                    store
+                        .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
+                        .await?
+                }
+            },
+            _ => {
+                store
+                    .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
+                    .await?
+            }
+        };
+        if let Some(last) = events.last().filter(|_| events.len() == STORE_PAGE) {
+            // A full page: the next one is read while this one is delivered.
+            let (store, run_id, after) = (store.clone(), state.run_id.clone(), last.index());
+            let read =
+                tokio::spawn(
+                    async move { store.read_events(&run_id, Some(after), STORE_PAGE).await },
+                );
+            state.ahead = Some((after + 1, read));
+        }
         if !events.is_empty() {
             state.idle_polls = 0;
             return Ok(events);
