@@ -39,6 +39,10 @@ pub(crate) const QUEUE_CAPACITY: usize = 16 * 1024;
 /// threshold). Once a checkpoint has copied the whole WAL, the next commit starts it over.
 pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
 
+/// The WAL size, in pages, past which the writer finishes a checkpoint itself between two batches
+/// (see `Writer::maybe_checkpoint`).
+pub(crate) const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
 thread_local! {
     /// The WAL's size in pages after the last commit on this thread, as SQLite reports it.
     static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
@@ -279,13 +283,28 @@ impl Writer {
         Some(thread)
     }
 
-    /// Asks for a checkpoint when the last commit left the WAL large; never waits.
+    /// Asks for a checkpoint when the last commit left the WAL large; never waits. Finishes one
+    /// itself when the WAL grew past [`WAL_LIMIT_PAGES`].
     fn maybe_checkpoint(&self) {
-        if let Some(nudge) = &self.checkpoints {
-            if WAL_PAGES.get() >= CHECKPOINT_PAGES {
-                // Full: a checkpoint is already asked for.
-                let _ = nudge.try_send(());
+        let Some(nudge) = &self.checkpoints else {
+            return;
+        };
+        let pages = WAL_PAGES.get();
+        if pages >= WAL_LIMIT_PAGES {
+            // The checkpointer copies concurrently with commits, so while writes keep coming
+            // it never copies the very last frame, and the WAL (which starts over only once
+            // all of it is copied) keeps growing. Here no commit runs concurrently: what is
+            // left is copied (most of it already was), and the next commit starts it over.
+            WAL_PAGES.set(0);
+            if let Err(error) =
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(%error, "checkpointing the SQLite WAL");
             }
+        } else if pages >= CHECKPOINT_PAGES {
+            // Full: a checkpoint is already asked for.
+            let _ = nudge.try_send(());
         }
     }
 
