@@ -18,48 +18,14 @@ use bgrun_exec::{
     ComponentInfo, Engine, EngineConfig, RunContext, RunFailure, RunOutput, Runnable, StartRequest,
 };
 use bgrun_store_postgres::testing::TestSchema;
+use bgrun_testkit::bench::{percentile_us as percentile, row as store_row, BenchOptions};
 use futures::StreamExt;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-
-struct Options {
-    quick: bool,
-    out: Option<String>,
-}
-
-fn options() -> Options {
-    let mut options = Options {
-        quick: false,
-        out: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--out" => options.out = args.next(),
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    options
-}
+use serde_json::Value;
 
 fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
-    let ratio = if raw == 0.0 { 0.0 } else { value / raw };
-    println!(
-        "{id:<4} postgres {metric:<14} bgrun {value:>14.1}   raw {raw:>14.1}   ratio {ratio:>6.2}"
-    );
-    json!({"id": id, "store": "postgres", "metric": metric, "value": round(value), "raw": round(raw), "ratio": round(ratio)})
+    store_row(id, "postgres", metric, value, raw)
 }
-
-fn round(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank].as_secs_f64() * 1e6
-}
+use tokio::sync::mpsc;
 
 /// Agent `pulse`: one `RunContent` per message on its channel, noting when it emitted it; ends
 /// when the channel closes.
@@ -174,12 +140,8 @@ async fn raw_notify(url: &str, channel: &str, warmup: usize, n: usize) -> Vec<Du
 }
 
 fn main() {
-    let options = options();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "bgrun replicas bench: postgres, {cores} cores{}",
-        if options.quick { ", quick" } else { "" }
-    );
+    let options = BenchOptions::from_args();
+    options.announce("bgrun replicas bench: postgres");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,8 +171,5 @@ fn main() {
         ]
     });
     drop(schema);
-    if let Some(out) = options.out {
-        let text = serde_json::to_string_pretty(&rows).expect("json");
-        std::fs::write(&out, text).expect("write bench rows");
-    }
+    options.write(&rows).expect("write bench rows");
 }

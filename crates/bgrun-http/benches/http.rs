@@ -33,11 +33,16 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bgrun_testkit::bench::{median, percentile_us as percentile, row as store_row, BenchOptions};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+
+fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
+    store_row(id, "sqlite", metric, value, raw)
+}
 use tokio::net::{TcpListener, TcpStream};
 
 /// Concurrent clients of P4 and P5.
@@ -50,62 +55,6 @@ const START_FORM: &str = "message=hello%20world&background=true&stream=false";
 const FORM: &str = "application/x-www-form-urlencoded";
 /// The memory P6's server lets one run's events hold.
 const P6_STREAM_BYTES: usize = 256 << 20;
-
-struct Options {
-    quick: bool,
-    out: Option<String>,
-    /// `--only P4,P6`: these rows alone (for profiling).
-    only: Option<String>,
-}
-
-impl Options {
-    fn runs(&self, id: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.split(',').any(|one| one == id))
-    }
-}
-
-fn options() -> Options {
-    let mut options = Options {
-        quick: false,
-        out: None,
-        only: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--out" => options.out = args.next(),
-            "--only" => options.only = args.next(),
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    options
-}
-
-fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
-    let ratio = if raw == 0.0 { 0.0 } else { value / raw };
-    println!(
-        "{id:<4} sqlite  {metric:<16} bgrun {value:>14.1}   raw {raw:>14.1}   ratio {ratio:>6.2}"
-    );
-    json!({"id": id, "store": "sqlite", "metric": metric, "value": round(value), "raw": round(raw), "ratio": round(ratio)})
-}
-
-fn round(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank].as_secs_f64() * 1e6
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -625,12 +574,10 @@ fn main() {
         serve_bgrun(db, max_stream_bytes);
         return;
     }
-    let options = options();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "bgrun HTTP bench: sqlite, {cores} cores, {CLIENTS} clients, loopback, server in a child process{}",
-        if options.quick { ", quick" } else { "" }
-    );
+    let options = BenchOptions::from_args();
+    options.announce(&format!(
+        "bgrun HTTP bench: sqlite, {CLIENTS} clients, loopback, server in a child process"
+    ));
     let dir = tempfile::tempdir().expect("tempdir");
     let (p4_n, p5_n, p6_events, p6_reps) = if options.quick {
         (2_000, 1_000, 20_000, 1)
@@ -649,8 +596,5 @@ fn main() {
             rows.extend(p6(dir.path(), p6_events, p6_reps).await);
         }
     });
-    if let Some(out) = options.out {
-        let text = serde_json::to_string_pretty(&rows).expect("json");
-        std::fs::write(&out, text).expect("write bench rows");
-    }
+    options.write(&rows).expect("write bench rows");
 }

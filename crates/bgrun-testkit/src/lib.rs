@@ -64,6 +64,7 @@
 //! suite tests expiry without waiting.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod checks;
 mod harness;
 mod report;

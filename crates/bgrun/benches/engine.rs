@@ -12,51 +12,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bgrun::{demo, Engine, EngineConfig, RunId, StartRequest};
+use bgrun_testkit::bench::{percentile_us as percentile, row as store_row, BenchOptions};
 use futures::StreamExt;
 use rusqlite::{params, Connection};
-use serde_json::{json, Value};
-
-struct Options {
-    quick: bool,
-    out: Option<String>,
-}
-
-fn options() -> Options {
-    let mut options = Options {
-        quick: false,
-        out: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--out" => options.out = args.next(),
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    options
-}
+use serde_json::Value;
 
 fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
-    store_row("sqlite", id, metric, value, raw)
-}
-
-fn store_row(store: &str, id: &str, metric: &str, value: f64, raw: f64) -> Value {
-    let ratio = if raw == 0.0 { 0.0 } else { value / raw };
-    println!(
-        "{id:<4} {store:<8} {metric:<14} bgrun {value:>14.1}   raw {raw:>14.1}   ratio {ratio:>6.2}"
-    );
-    json!({"id": id, "store": store, "metric": metric, "value": round(value), "raw": round(raw), "ratio": round(ratio)})
-}
-
-fn round(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank].as_secs_f64() * 1e6
+    store_row(id, "sqlite", metric, value, raw)
 }
 
 /// The connection settings the SQLite store uses, so raw rows do the same durable work.
@@ -258,12 +220,8 @@ async fn p3(dir: &Path, events: u64) -> Vec<Value> {
 }
 
 fn main() {
-    let options = options();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "bgrun engine bench: sqlite, {cores} cores{}",
-        if options.quick { ", quick" } else { "" }
-    );
+    let options = BenchOptions::from_args();
+    options.announce("bgrun engine bench: sqlite");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -285,10 +243,7 @@ fn main() {
             None => println!("postgres rows skipped: set BGRUN_BENCH_PG_URL or BGRUN_TEST_PG_URL"),
         }
     });
-    if let Some(out) = options.out {
-        let text = serde_json::to_string_pretty(&rows).expect("json");
-        std::fs::write(&out, text).expect("write bench rows");
-    }
+    options.write(&rows).expect("write bench rows");
 }
 
 /// The PostgreSQL rows.
