@@ -68,6 +68,7 @@ pub mod bench;
 pub mod checks;
 mod harness;
 mod report;
+pub mod runnables;
 mod suite;
 mod support;
 

@@ -1,52 +1,13 @@
 //! What every engine test uses: a store of each kind, an engine over it, a gated agent.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bgrun_core::{Event, RunId, RunKind, Store};
-use bgrun_exec::{
-    demo, ComponentInfo, Engine, EngineConfig, RunContext, RunFailure, RunOutput, Runnable,
-};
+use bgrun_core::{Event, RunId, Store};
+use bgrun_exec::{demo, Engine, EngineConfig};
 use bgrun_store_sqlite::SqliteStore;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
 
-/// An agent that emits `hello `, then waits for a permit of its gate before finishing, and
-/// records the order in which runs started.
-#[derive(Clone)]
-pub struct Gated {
-    pub gate: Arc<Semaphore>,
-    pub started: Arc<Mutex<Vec<String>>>,
-    pub retryable: bool,
-}
-
-impl Gated {
-    pub fn new() -> Self {
-        Self {
-            gate: Arc::new(Semaphore::new(0)),
-            started: Arc::default(),
-            retryable: false,
-        }
-    }
-}
-
-#[bgrun_core::async_trait]
-impl Runnable for Gated {
-    fn info(&self) -> ComponentInfo {
-        ComponentInfo::new(RunKind::Agent, "gated").retryable(self.retryable)
-    }
-
-    async fn run(&self, ctx: RunContext) -> Result<RunOutput, RunFailure> {
-        self.started.lock().unwrap().push(ctx.input().to_owned());
-        ctx.emit_content("hello ").await?;
-        let _permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|_| RunFailure::new("gate closed"))?;
-        ctx.emit_content("world").await?;
-        Ok(RunOutput::default())
-    }
-}
+pub use bgrun_testkit::runnables::Gated;
 
 /// Where the runs are stored: each test runs on SQLite and on PostgreSQL.
 pub enum Backend {

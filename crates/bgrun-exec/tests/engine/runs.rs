@@ -197,10 +197,7 @@ async fn a_cancel_before_start_ends_the_later_run_without_running_it(backend: Ba
     let events = all_events(&f.engine, &run_id, None).await;
     assert_eq!(types(&events), ["RunCancelled"]);
     assert_eq!(events[0].index(), 0);
-    assert!(
-        f.gated.started.lock().unwrap().is_empty(),
-        "the component never ran"
-    );
+    assert!(f.gated.started().is_empty(), "the component never ran");
 }
 
 async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend: Backend) {
@@ -234,7 +231,7 @@ async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend
     for run in &runs {
         f.engine.wait(&run.run_id).await.unwrap();
     }
-    assert_eq!(*f.gated.started.lock().unwrap(), ["r0", "r1", "r2", "r4"]);
+    assert_eq!(f.gated.started(), ["r0", "r1", "r2", "r4"]);
 }
 
 async fn failures_and_panics_end_the_run_error_and_disturb_nothing_else(backend: Backend) {
@@ -438,7 +435,7 @@ async fn a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine(b
     gated.gate.add_permits(1);
     let run = engine.wait(&run.run_id).await.unwrap();
     assert_eq!(run.status, RunStatus::Completed);
-    assert_eq!(*gated.started.lock().unwrap(), ["again", "again"]);
+    assert_eq!(gated.started(), ["again", "again"]);
     let events = all_events(&engine, &run.run_id, None).await;
     assert_gapless(&events, 0);
     assert_eq!(events.last().unwrap().event_type(), "RunCompleted");

@@ -8,10 +8,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use bgrun_core::{RunId, RunKind, RunRecord, RunStatus};
-use bgrun_exec::{
-    demo, ComponentInfo, Engine, EngineConfig, RunContext, RunFailure, RunOutput, Runnable,
-};
+use bgrun_core::{RunId, RunRecord, RunStatus};
+use bgrun_exec::{demo, Engine, EngineConfig};
 use bgrun_http::{router, HttpConfig};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,29 +17,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-/// Agent `gated`: emits `hello `, waits for a permit of its gate, emits `world`.
-#[derive(Clone)]
-pub struct Gated {
-    pub gate: Arc<Semaphore>,
-}
-
-#[bgrun_core::async_trait]
-impl Runnable for Gated {
-    fn info(&self) -> ComponentInfo {
-        ComponentInfo::new(RunKind::Agent, "gated").description("waits for its gate")
-    }
-
-    async fn run(&self, ctx: RunContext) -> Result<RunOutput, RunFailure> {
-        ctx.emit_content("hello ").await?;
-        let _permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|_| RunFailure::new("gate closed"))?;
-        ctx.emit_content("world").await?;
-        Ok(RunOutput::default())
-    }
-}
+pub use bgrun_testkit::runnables::Gated;
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -55,8 +31,9 @@ pub async fn fixture_with(config: HttpConfig) -> Fixture {
     let store = bgrun_store_sqlite::SqliteStore::open(dir.path().join("runs.db"))
         .await
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let registry = demo::registry().with(Gated { gate: gate.clone() });
+    let gated = Gated::new();
+    let gate = gated.gate.clone();
+    let registry = demo::registry().with(gated);
     let engine = Engine::open(
         Arc::new(store),
         registry,
