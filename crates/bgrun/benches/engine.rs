@@ -262,7 +262,7 @@ mod pg {
     use super::{event_json, percentile, store_row};
 
     fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
-        store_row("postgres", id, metric, value, raw)
+        store_row(id, "postgres", metric, value, raw)
     }
 
     /// `BGRUN_BENCH_PG_URL`, else `BGRUN_TEST_PG_URL`.
