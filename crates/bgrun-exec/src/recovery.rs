@@ -61,29 +61,12 @@ async fn queue_pending(engine: &Engine, runs: Vec<RunRecord>) -> EngineResult<()
 /// by an engine that died (or one too busy to start them soon).
 pub(crate) async fn adopt_stale_pending(engine: &Engine) -> EngineResult<()> {
     let stale_before = bgrun_core::now() - engine.inner.config.lease_ttl.as_secs() as i64;
-    let filter = RunFilter {
-        status: Some(RunStatus::Pending),
-        ..RunFilter::default()
-    };
-    let mut stale = Vec::new();
-    let mut cursor = None;
-    // Newest first: page until the runs are old enough, keep at most one batch of the oldest.
-    loop {
-        let page = engine
-            .inner
-            .store
-            .list_runs(&filter, bgrun_core::MAX_PAGE_SIZE, cursor.as_deref())
-            .await?;
-        stale.extend(
-            page.runs
-                .into_iter()
-                .filter(|run| run.created_at < stale_before && run.parent_run_id.is_none()),
-        );
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let mut stale: Vec<RunRecord> = all_runs(engine, RunStatus::Pending)
+        .await?
+        .into_iter()
+        .filter(|run| run.created_at < stale_before && run.parent_run_id.is_none())
+        .collect();
+    // Listed newest first: adopt the oldest, a batch at a time.
     stale.reverse();
     stale.truncate(RECOVERY_BATCH);
     queue_pending(engine, stale).await
