@@ -146,7 +146,7 @@ pub(crate) async fn open(
     let status = if status.is_terminal() {
         status
     } else {
-        run.status.max_progress(status)
+        further_along(run.status, status)
     };
     let meta = if status.is_terminal() {
         let run = match engine.inner.store.get_run(run_id).await? {
@@ -182,18 +182,12 @@ pub(crate) async fn open(
     })
 }
 
-trait MaxProgress {
-    fn max_progress(self, other: RunStatus) -> RunStatus;
-}
-
-impl MaxProgress for RunStatus {
-    /// Of two non-terminal views of one run, the one further along.
-    fn max_progress(self, other: RunStatus) -> RunStatus {
-        if self == RunStatus::Pending {
-            other
-        } else {
-            self
-        }
+/// Of two non-terminal views of one run (the store's and this engine's), the one further along.
+fn further_along(stored: RunStatus, local: RunStatus) -> RunStatus {
+    if stored == RunStatus::Pending {
+        local
+    } else {
+        stored
     }
 }
 
