@@ -2,76 +2,73 @@
 
 use bgrun_core::{Event, RunId, RunStatus, StoreError, StoreResult, Timestamp};
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use crate::fault::{Attempt, Failure};
 use crate::notify::Channels;
 use crate::record::{to_index, to_stored};
 use crate::store::Inner;
 
-/// Appends `events` to a non-terminal run, in one transaction holding the run's row lock.
-pub(crate) async fn append(
+/// `append_events` inside the writer's transaction (its own savepoint), holding the run's row
+/// lock; the caller checked contiguity and announces the events once committed.
+pub(crate) async fn append_in(
     inner: &Inner,
+    tx: &Transaction<'_>,
     run_id: &RunId,
     events: &[Event],
     fence: Option<&str>,
-) -> StoreResult<()> {
+    attempt: Attempt,
+) -> Result<(), Failure> {
     let Some(first) = events.first() else {
         return Ok(());
     };
-    check_contiguous(run_id, events)?;
-    let lock =
-        inner.sql("SELECT status, last_event_index FROM {s}.runs WHERE run_id = $1 FOR UPDATE");
-    let lock = &lock;
-    inner
-        .retry
-        .run("appending events", |attempt| async move {
-            let mut client = inner.pool.get().await?;
-            let tx = client.transaction().await?;
-            let lock = tx.prepare_cached(lock).await?;
-            let row = tx
-                .query_opt(&lock, &[&run_id.as_str()])
-                .await?
-                .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
-            crate::lease::check_fence(inner, &tx, run_id, fence).await?;
-            let status = RunStatus::parse(row.get(0))
-                .map_err(|error| StoreError::backend("decoding a run's status", error))?;
-            let last: Option<i64> = row.get(1);
-            let next = match last {
-                Some(last) => {
-                    to_index(last).map_err(|e| StoreError::backend("reading a run", e))? + 1
-                }
-                None => 0,
-            };
-            if first.index() < next && already_stored(inner, &tx, attempt, run_id, events).await? {
-                return Ok(());
-            }
-            if status.is_terminal() {
-                // A terminal run takes nothing more.
-                return Err(StoreError::RunEnded {
-                    run_id: run_id.clone(),
-                    status,
-                }
-                .into());
-            }
-            if first.index() != next {
-                return Err(StoreError::IndexConflict {
-                    run_id: run_id.clone(),
-                    expected: next,
-                    got: first.index(),
-                }
-                .into());
-            }
-            write(inner, &tx, run_id, events, bgrun_core::now()).await?;
-            tx.commit().await?;
-            Ok(())
-        })
+    let lock = tx
+        .prepare_cached(
+            &inner
+                .sql("SELECT status, last_event_index FROM {s}.runs WHERE run_id = $1 FOR UPDATE"),
+        )
         .await?;
-    announce(inner, run_id, events.last().map_or(0, Event::index)).await;
+    // Pipelined: the lock and the fence check in one round trip.
+    let id = run_id.as_str();
+    let params: [&(dyn ToSql + Sync); 1] = [&id];
+    let (row, fenced) = futures::join!(
+        tx.query_opt(&lock, &params),
+        crate::lease::check_fence(inner, tx, run_id, fence)
+    );
+    let row = row?.ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+    fenced?;
+    let status = RunStatus::parse(row.get(0))
+        .map_err(|error| StoreError::backend("decoding a run's status", error))?;
+    let last: Option<i64> = row.get(1);
+    let next = match last {
+        Some(last) => to_index(last).map_err(|e| StoreError::backend("reading a run", e))? + 1,
+        None => 0,
+    };
+    if first.index() < next && already_stored(inner, tx, attempt, run_id, events).await? {
+        return Ok(());
+    }
+    if status.is_terminal() {
+        // A terminal run takes nothing more.
+        return Err(StoreError::RunEnded {
+            run_id: run_id.clone(),
+            status,
+        }
+        .into());
+    }
+    if first.index() != next {
+        return Err(StoreError::IndexConflict {
+            run_id: run_id.clone(),
+            expected: next,
+            got: first.index(),
+        }
+        .into());
+    }
+    write(inner, tx, run_id, events, bgrun_core::now()).await?;
     Ok(())
 }
 
-/// Tells listeners (every replica) that the run's log is stored up to `last`, after the commit
-/// that stored it.
+/// Tells listeners (every replica) that each run's log is stored up to its index, after the
+/// commit that stored it (the writer's, on its connection).
 ///
 /// Not in the writing transaction: a transaction that notifies holds a database-wide lock from
 /// its commit's start to its end, WAL flush included, so notifying writes would commit one
@@ -79,26 +76,34 @@ pub(crate) async fn append(
 /// with `synchronous_commit = off` holds it for microseconds. A notification is a hint: if
 /// this one is lost (the process dies right after the commit), the run's next write, its
 /// recovery, or a listener's resync tells the same.
-pub(crate) async fn announce(inner: &Inner, run_id: &RunId, last: u64) {
-    let payload = &Channels::durable_payload(run_id, last);
-    let sent = inner
-        .retry
-        .run("announcing stored events", |_| async move {
-            let client = inner.pool.get().await?;
-            // One autocommit statement; `set_config(.., true)` lasts for its transaction.
-            let notify = client
-                .prepare_cached(
-                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
-                )
-                .await?;
-            client
-                .execute(&notify, &[&inner.channels.durable, payload])
-                .await?;
-            Ok(())
-        })
-        .await;
+pub(crate) async fn announce(
+    inner: &Inner,
+    client: &deadpool_postgres::Object,
+    stored: &[(RunId, u64)],
+) {
+    if stored.is_empty() {
+        return;
+    }
+    let payloads: Vec<String> = stored
+        .iter()
+        .map(|(run_id, last)| Channels::durable_payload(run_id, *last))
+        .collect();
+    // One autocommit statement for the whole batch; `set_config(.., true)` lasts for its
+    // transaction, and the CTE runs before the notifications.
+    let sent = async {
+        let notify = client
+            .prepare_cached(
+                "WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 SELECT pg_notify($1, payload) FROM quick, unnest($2::text[]) AS payload",
+            )
+            .await?;
+        client
+            .execute(&notify, &[&inner.channels.durable, &payloads])
+            .await
+    }
+    .await;
     if let Err(error) = sent {
-        tracing::warn!(%run_id, last, %error, "cannot announce stored events; listeners catch up later");
+        tracing::warn!(runs = stored.len(), %error, "cannot announce stored events; listeners catch up later");
     }
 }
 
@@ -168,18 +173,22 @@ pub(crate) async fn write(
     let Some(last) = events.last() else {
         return Ok(());
     };
-    insert(inner, tx, run_id, events).await?;
     let advance = tx
         .prepare_cached(&inner.sql(
             "UPDATE {s}.runs SET last_event_index = $2, updated_at = $3 \
              WHERE run_id = $1",
         ))
         .await?;
-    tx.execute(
-        &advance,
-        &[&run_id.as_str(), &to_stored(last.index())?, &at],
-    )
-    .await?;
+    let last = to_stored(last.index())?;
+    // Pipelined: both in one round trip (a failure of either fails the caller's savepoint).
+    let id = run_id.as_str();
+    let params: [&(dyn ToSql + Sync); 3] = [&id, &last, &at];
+    let (inserted, advanced) = futures::join!(
+        insert(inner, tx, run_id, events),
+        tx.execute(&advance, &params)
+    );
+    inserted?;
+    advanced?;
     Ok(())
 }
 

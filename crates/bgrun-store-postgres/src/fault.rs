@@ -24,6 +24,9 @@ pub(crate) enum Failure {
     /// A concurrent writer got there first in a way that a fresh attempt resolves (two
     /// creates with one idempotency key).
     Race(tokio_postgres::Error),
+    /// The writer's batch holding this write failed as a whole (connection lost, commit outcome
+    /// unknown): `transient` as that failure was.
+    Batch { transient: bool, why: String },
 }
 
 impl From<StoreError> for Failure {
@@ -55,15 +58,35 @@ impl Failure {
             Self::Pool(PoolError::Backend(error)) => is_transient_db(error),
             Self::Pool(PoolError::Timeout(_)) => true,
             Self::Pool(_) => false,
+            Self::Batch { transient, .. } => *transient,
         }
     }
 
-    fn into_store_error(self, context: &str) -> StoreError {
+    /// What each write of a batch learns when the batch failed as a whole with `self`.
+    pub(crate) fn batch(&self) -> Self {
+        match self {
+            Self::Store(StoreError::Closed) | Self::Pool(PoolError::Closed) => {
+                Self::Store(StoreError::Closed)
+            }
+            _ => Self::Batch {
+                transient: self.is_transient(),
+                why: match self {
+                    Self::Db(error) | Self::Race(error) => error.to_string(),
+                    Self::Pool(error) => error.to_string(),
+                    Self::Store(error) => error.to_string(),
+                    Self::Batch { why, .. } => why.clone(),
+                },
+            },
+        }
+    }
+
+    pub(crate) fn into_store_error(self, context: &str) -> StoreError {
         match self {
             Self::Store(error) => error,
             Self::Db(error) | Self::Race(error) => StoreError::backend(context, error),
             Self::Pool(PoolError::Closed) => StoreError::Closed,
             Self::Pool(error) => StoreError::backend(context, error),
+            Self::Batch { why, .. } => StoreError::backend(context, why),
         }
     }
 }
@@ -101,6 +124,11 @@ pub(crate) fn is_transient_db(error: &tokio_postgres::Error) -> bool {
 pub(crate) struct Attempt(u32);
 
 impl Attempt {
+    /// Attempt number `n` (0: the first).
+    pub(crate) fn new(n: u32) -> Self {
+        Self(n)
+    }
+
     /// True when an earlier attempt failed on a connection error, so its writes may or may not
     /// have been committed.
     pub(crate) fn is_retry(self) -> bool {

@@ -10,46 +10,46 @@ use crate::fault::Failure;
 use crate::record::{from_row, RUN_COLUMNS};
 use crate::store::Inner;
 
-pub(crate) async fn acquire(
+/// `acquire_lease` inside the writer's transaction (its own savepoint). Timed on
+/// `clock_timestamp()`, not the batch transaction's start.
+pub(crate) async fn acquire_in(
     inner: &Inner,
+    tx: &deadpool_postgres::Transaction<'_>,
     run_id: &RunId,
     owner: &str,
     ttl: Duration,
-) -> StoreResult<LeaseGrant> {
-    let take = inner.sql(
-        "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
-         VALUES ($1, $2, now() + make_interval(secs => $3)) \
-         ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
-         WHERE lease.owner = EXCLUDED.owner OR lease.expires_at <= now() \
-         RETURNING owner",
-    );
-    let holder = inner.sql("SELECT owner FROM {s}.leases WHERE run_id = $1");
+) -> Result<LeaseGrant, Failure> {
+    let take = tx
+        .prepare_cached(&inner.sql(
+            "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
+             VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+             ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, \
+             expires_at = EXCLUDED.expires_at \
+             WHERE lease.owner = EXCLUDED.owner OR lease.expires_at <= clock_timestamp() \
+             RETURNING owner",
+        ))
+        .await?;
+    let holder = tx
+        .prepare_cached(&inner.sql("SELECT owner FROM {s}.leases WHERE run_id = $1"))
+        .await?;
     let secs = ttl.as_secs_f64();
-    inner
-        .retry
-        .run("acquiring a lease", |_| async {
-            let client = inner.pool.get().await?;
-            let take = client.prepare_cached(&take).await?;
-            let holder = client.prepare_cached(&holder).await?;
-            // The holder may release between the two statements: then take it again.
-            loop {
-                let taken = client
-                    .query_opt(&take, &[&run_id.as_str(), &owner, &secs])
-                    .await;
-                match taken {
-                    Ok(Some(_)) => return Ok(LeaseGrant::Granted),
-                    Ok(None) => {}
-                    Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                        return Err(StoreError::RunNotFound(run_id.clone()).into())
-                    }
-                    Err(error) => return Err(Failure::from(error)),
-                }
-                if let Some(row) = client.query_opt(&holder, &[&run_id.as_str()]).await? {
-                    return Ok(LeaseGrant::HeldBy(row.get(0)));
-                }
+    // The holder may release between the two statements: then take it again.
+    loop {
+        let taken = tx
+            .query_opt(&take, &[&run_id.as_str(), &owner, &secs])
+            .await;
+        match taken {
+            Ok(Some(_)) => return Ok(LeaseGrant::Granted),
+            Ok(None) => {}
+            Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Err(StoreError::RunNotFound(run_id.clone()).into())
             }
-        })
-        .await
+            Err(error) => return Err(Failure::from(error)),
+        }
+        if let Some(row) = tx.query_opt(&holder, &[&run_id.as_str()]).await? {
+            return Ok(LeaseGrant::HeldBy(row.get(0)));
+        }
+    }
 }
 
 /// Inside a write's transaction: refuses it unless `owner` holds the run's lease row. The row is
@@ -94,19 +94,18 @@ pub(crate) async fn renew(inner: &Inner, owner: &str, ttl: Duration) -> StoreRes
         .await
 }
 
-pub(crate) async fn release(inner: &Inner, run_id: &RunId, owner: &str) -> StoreResult<()> {
-    let sql = inner.sql("DELETE FROM {s}.leases WHERE run_id = $1 AND owner = $2");
-    inner
-        .retry
-        .run("releasing a lease", |_| async {
-            let client = inner.pool.get().await?;
-            let statement = client.prepare_cached(&sql).await?;
-            client
-                .execute(&statement, &[&run_id.as_str(), &owner])
-                .await?;
-            Ok(())
-        })
-        .await
+/// `release_lease` inside the writer's transaction (its own savepoint).
+pub(crate) async fn release_in(
+    inner: &Inner,
+    tx: &deadpool_postgres::Transaction<'_>,
+    run_id: &RunId,
+    owner: &str,
+) -> Result<(), Failure> {
+    let release = tx
+        .prepare_cached(&inner.sql("DELETE FROM {s}.leases WHERE run_id = $1 AND owner = $2"))
+        .await?;
+    tx.execute(&release, &[&run_id.as_str(), &owner]).await?;
+    Ok(())
 }
 
 pub(crate) async fn orphaned(inner: &Inner, limit: usize) -> StoreResult<Vec<RunRecord>> {

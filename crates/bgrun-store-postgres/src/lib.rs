@@ -32,10 +32,13 @@
 //! - Appends lock the run's row (`FOR UPDATE`), check the log continues, insert the batch in
 //!   one statement and move `last_event_index`; once committed, `pg_notify` tells every
 //!   replica (in a transaction of its own: see `events::announce`).
+//! - Creates, status changes, appends and lease takes/releases of different runs share
+//!   transactions: a few writer tasks each commit everything queued at once, every write in a
+//!   savepoint of its own so that a refused one fails alone (see `writer`).
 //! - Connection errors are retried with backoff. Writes stay exactly-once across a retry whose
 //!   earlier attempt may have committed: appends find their events already stored with the
 //!   same JSON, creates and transitions find the token they wrote.
-//! - Leases expire by the database's clock (`now() + ttl`), so replicas' clocks need not agree.
+//! - Leases expire by the database's clock (`now() + ttl`; `clock_timestamp()` in a batch), so replicas' clocks need not agree.
 //! - Migrations run on connect, in one transaction under an advisory lock.
 //!
 //! Connections are unencrypted (`NoTls`); reach the database over a trusted network or a
@@ -57,6 +60,7 @@ mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod writer;
 
 pub use config::{PostgresConfig, MAX_SCHEMA_LEN};
 pub use notify::Notification;

@@ -1,7 +1,8 @@
 //! LISTEN/NOTIFY: hints that a run's log grew or that a cancel was requested, for every replica.
 //!
 //! Writers send `pg_notify` right after the transaction that makes the change commits (in a
-//! notification-only transaction, so that notifying writes do not commit one at a time), so a
+//! notification-only transaction, one per batch of writes, so that notifying writes do not
+//! commit one at a time), so a
 //! notification is only ever sent for a committed change; cancel intents notify in their own
 //! transaction. One connection per store listens. Notifications are
 //! hints: after the listener lost its connection (and with it whatever was sent meanwhile) it

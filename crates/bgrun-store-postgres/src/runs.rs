@@ -12,127 +12,118 @@ use tokio_postgres::types::ToSql;
 use crate::cancel;
 use crate::cursor::Cursor;
 use crate::events;
-use crate::fault::Failure;
+use crate::fault::{Attempt, Failure};
 use crate::record::{from_row, RUN_COLUMNS};
 use crate::store::Inner;
 
 /// A token naming one call of a write, stored with the row it writes, so that a retry after
 /// an unknown commit outcome recognises its own earlier success.
-fn write_token() -> String {
+pub(crate) fn write_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-pub(crate) async fn create(inner: &Inner, run: NewRun) -> StoreResult<CreateOutcome> {
-    let token = write_token();
+/// `create_run` inside the writer's transaction (its own savepoint): `attempt` tells whether an
+/// earlier attempt of this very call may have committed (then `token` recognises it).
+pub(crate) async fn create_in(
+    inner: &Inner,
+    tx: &Transaction<'_>,
+    run: &NewRun,
+    token: &str,
+    attempt: Attempt,
+) -> Result<CreateOutcome, Failure> {
     let params = serde_json::Value::Object(run.params.clone()).to_string();
     let metadata = run.metadata.as_ref().map(serde_json::Value::to_string);
-    let find_key = inner.sql(&format!(
-        "SELECT {RUN_COLUMNS}, seq, write_token FROM {{s}}.runs WHERE idempotency_key = $1 FOR UPDATE"
-    ));
-    let free_key = inner.sql("UPDATE {s}.runs SET idempotency_key = NULL WHERE seq = $1");
-    let insert = inner.sql(&format!(
-        "INSERT INTO {{s}}.runs (run_id, session_id, user_id, kind, component_id, parent_run_id, \
-         status, input, params, metadata, idempotency_key, created_at, updated_at, write_token) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7, $8, $9, $10, $11, $11, $12) \
-         RETURNING {RUN_COLUMNS}"
-    ));
-    let find_id = inner.sql(&format!(
-        "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
-    ));
-    let (run, token, params, metadata) = (&run, &token, &params, &metadata);
-    let (find_key, free_key, insert, find_id) = (&find_key, &free_key, &insert, &find_id);
-    inner
-        .retry
-        .run("creating a run", |attempt| async move {
-            let mut client = inner.pool.get().await?;
-            let tx = client.transaction().await?;
-            cancel::lock(&tx, &run.run_id).await?;
-            if let Some(key) = &run.idempotency_key {
-                if let Some(row) = tx.query_opt(find_key.as_str(), &[key]).await? {
-                    let existing = from_row(&row)?;
-                    let ours = attempt.is_retry()
-                        && row.get::<_, Option<&str>>("write_token") == Some(token.as_str());
-                    if ours {
-                        let cancel_requested = cancel::exists(inner, &tx, &run.run_id).await?;
-                        return Ok(CreateOutcome::Created {
-                            run: existing,
-                            cancel_requested,
-                        });
-                    }
-                    if existing.created_at > run.created_at - IDEMPOTENCY_WINDOW_SECS {
-                        return Ok(CreateOutcome::Existing(existing));
-                    }
-                    let seq: i64 = row.get("seq");
-                    tx.execute(free_key.as_str(), &[&seq]).await?;
-                }
+    cancel::lock(tx, &run.run_id).await?;
+    if let Some(key) = &run.idempotency_key {
+        let find_key = inner.sql(&format!(
+            "SELECT {RUN_COLUMNS}, seq, write_token FROM {{s}}.runs WHERE idempotency_key = $1 FOR UPDATE"
+        ));
+        if let Some(row) = tx.query_opt(find_key.as_str(), &[key]).await? {
+            let existing = from_row(&row)?;
+            let ours =
+                attempt.is_retry() && row.get::<_, Option<&str>>("write_token") == Some(token);
+            if ours {
+                let cancel_requested = cancel::exists(inner, tx, &run.run_id).await?;
+                return Ok(CreateOutcome::Created {
+                    run: existing,
+                    cancel_requested,
+                });
             }
-            let insert = tx.prepare_cached(insert).await?;
-            let inserted = tx
-                .query_one(
-                    &insert,
-                    &[
-                        &run.run_id.as_str(),
-                        &run.session_id.as_str(),
-                        &run.user_id,
-                        &run.target.kind.as_str(),
-                        &run.target.component_id,
-                        &run.parent_run_id.as_ref().map(RunId::as_str),
-                        &run.input,
-                        &params,
-                        &metadata,
-                        &run.idempotency_key,
-                        &run.created_at,
-                        &token,
-                    ],
-                )
-                .await;
-            let record = match inserted {
-                Ok(row) => from_row(&row)?,
-                Err(error) => match error.as_db_error().map(|db| (db.code(), db.constraint())) {
-                    Some((&SqlState::UNIQUE_VIOLATION, Some("runs_run_id_key"))) => {
-                        drop(tx);
-                        return ours_after_all(
-                            inner,
-                            &mut client,
-                            find_id,
-                            &run.run_id,
-                            token,
-                            attempt.is_retry(),
-                        )
-                        .await;
-                    }
-                    // Another replica created a run with this key since we looked: look again.
-                    Some((&SqlState::UNIQUE_VIOLATION, Some("runs_idempotency_key_key"))) => {
-                        return Err(Failure::Race(error));
-                    }
-                    _ => return Err(error.into()),
-                },
-            };
-            let cancel_requested = cancel::exists(inner, &tx, &run.run_id).await?;
-            tx.commit().await?;
-            Ok(CreateOutcome::Created {
-                run: record,
-                cancel_requested,
-            })
-        })
-        .await
+            if existing.created_at > run.created_at - IDEMPOTENCY_WINDOW_SECS {
+                return Ok(CreateOutcome::Existing(existing));
+            }
+            let seq: i64 = row.get("seq");
+            let free_key = inner.sql("UPDATE {s}.runs SET idempotency_key = NULL WHERE seq = $1");
+            tx.execute(free_key.as_str(), &[&seq]).await?;
+        }
+    }
+    // A taken run id inserts nothing (rather than failing the statement) so that the same
+    // transaction can tell whose it is.
+    let insert = tx
+        .prepare_cached(&inner.sql(&format!(
+            "INSERT INTO {{s}}.runs (run_id, session_id, user_id, kind, component_id, \
+             parent_run_id, status, input, params, metadata, idempotency_key, created_at, \
+             updated_at, write_token) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7, $8, $9, $10, $11, $11, $12) \
+             ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
+             RETURNING {RUN_COLUMNS}"
+        )))
+        .await?;
+    let inserted = tx
+        .query_opt(
+            &insert,
+            &[
+                &run.run_id.as_str(),
+                &run.session_id.as_str(),
+                &run.user_id,
+                &run.target.kind.as_str(),
+                &run.target.component_id,
+                &run.parent_run_id.as_ref().map(RunId::as_str),
+                &run.input,
+                &params,
+                &metadata,
+                &run.idempotency_key,
+                &run.created_at,
+                &token,
+            ],
+        )
+        .await;
+    let record = match inserted {
+        Ok(Some(row)) => from_row(&row)?,
+        Ok(None) => {
+            return ours_after_all(inner, tx, &run.run_id, token, attempt.is_retry()).await;
+        }
+        Err(error) => match error.as_db_error().map(|db| (db.code(), db.constraint())) {
+            // Another replica created a run with this key since we looked: look again.
+            Some((&SqlState::UNIQUE_VIOLATION, Some("runs_idempotency_key_key"))) => {
+                return Err(Failure::Race(error));
+            }
+            _ => return Err(error.into()),
+        },
+    };
+    let cancel_requested = cancel::exists(inner, tx, &run.run_id).await?;
+    Ok(CreateOutcome::Created {
+        run: record,
+        cancel_requested,
+    })
 }
 
 /// The run id is taken: by our own earlier attempt (whose commit we did not hear about), or
 /// by someone else (`RunExists`).
 async fn ours_after_all(
     inner: &Inner,
-    client: &mut deadpool_postgres::Object,
-    find_id: &str,
+    tx: &Transaction<'_>,
     run_id: &RunId,
     token: &str,
     is_retry: bool,
 ) -> Result<CreateOutcome, Failure> {
     if is_retry {
-        let tx = client.transaction().await?;
-        if let Some(row) = tx.query_opt(find_id, &[&run_id.as_str()]).await? {
+        let find_id = inner.sql(&format!(
+            "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
+        ));
+        if let Some(row) = tx.query_opt(find_id.as_str(), &[&run_id.as_str()]).await? {
             if row.get::<_, Option<&str>>("write_token") == Some(token) {
-                let cancel_requested = cancel::exists(inner, &tx, run_id).await?;
+                let cancel_requested = cancel::exists(inner, tx, run_id).await?;
                 return Ok(CreateOutcome::Created {
                     run: from_row(&row)?,
                     cancel_requested,
@@ -240,73 +231,72 @@ pub(crate) async fn list(
         .await
 }
 
-pub(crate) async fn transition(
+/// `transition` inside the writer's transaction (its own savepoint); the caller checked the
+/// transition and the events' contiguity, and announces the events once committed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn transition_in(
     inner: &Inner,
+    tx: &Transaction<'_>,
     run_id: &RunId,
     transition: &Transition,
     events: &[Event],
     fence: Option<&str>,
-) -> StoreResult<TransitionOutcome> {
-    transition.from.check_transition(transition.to)?;
-    events::check_contiguous(run_id, events)?;
-    let token = write_token();
-    let cas = inner.sql(&format!(
-        "UPDATE {{s}}.runs SET status = $3, content = COALESCE($4, content), \
-         error = COALESCE($5, error), cancellation_stage = COALESCE($6, cancellation_stage), \
-         updated_at = $7, write_token = $8 \
-         WHERE run_id = $1 AND status = $2 RETURNING {RUN_COLUMNS}"
-    ));
-    let current = inner.sql(&format!(
-        "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
-    ));
-    let (cas, current, token) = (&cas, &current, &token);
-    let outcome = inner
-        .retry
-        .run("changing a run's status", |attempt| async move {
-            let mut client = inner.pool.get().await?;
-            let tx = client.transaction().await?;
-            crate::lease::check_fence(inner, &tx, run_id, fence).await?;
-            let cas = tx.prepare_cached(cas).await?;
-            let updated = tx
-                .query_opt(
-                    &cas,
-                    &[
-                        &run_id.as_str(),
-                        &transition.from.as_str(),
-                        &transition.to.as_str(),
-                        &transition.content,
-                        &transition.error,
-                        &transition.cancellation_stage.map(|stage| stage.as_str()),
-                        &transition.at,
-                        &token,
-                    ],
-                )
-                .await?;
-            let Some(row) = updated else {
-                return lost(&tx, current, run_id, token, attempt.is_retry()).await;
-            };
-            let mut record = from_row(&row)?;
-            if let Some(first) = events.first() {
-                let next = record.next_event_index();
-                if first.index() != next {
-                    return Err(StoreError::IndexConflict {
-                        run_id: run_id.clone(),
-                        expected: next,
-                        got: first.index(),
-                    }
-                    .into());
-                }
-                events::write(inner, &tx, run_id, events, transition.at).await?;
-                record.last_event_index = events.last().map(Event::index);
-            }
-            tx.commit().await?;
-            Ok(TransitionOutcome::Applied(Box::new(record)))
-        })
+    token: &str,
+    attempt: Attempt,
+) -> Result<TransitionOutcome, Failure> {
+    let cas = tx
+        .prepare_cached(&inner.sql(&format!(
+            "UPDATE {{s}}.runs SET status = $3, content = COALESCE($4, content), \
+             error = COALESCE($5, error), cancellation_stage = COALESCE($6, cancellation_stage), \
+             updated_at = $7, write_token = $8 \
+             WHERE run_id = $1 AND status = $2 RETURNING {RUN_COLUMNS}"
+        )))
         .await?;
-    if let (TransitionOutcome::Applied(_), Some(last)) = (&outcome, events.last()) {
-        events::announce(inner, run_id, last.index()).await;
+    // Pipelined: the fence check and the compare-and-set in one round trip. A fenced write is
+    // refused, and the caller's savepoint rolls back its compare-and-set.
+    let stage = transition.cancellation_stage.map(|stage| stage.as_str());
+    let (id, from, to) = (
+        run_id.as_str(),
+        transition.from.as_str(),
+        transition.to.as_str(),
+    );
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &id,
+        &from,
+        &to,
+        &transition.content,
+        &transition.error,
+        &stage,
+        &transition.at,
+        &token,
+    ];
+    let (fenced, updated) = futures::join!(
+        crate::lease::check_fence(inner, tx, run_id, fence),
+        tx.query_opt(&cas, &params)
+    );
+    fenced?;
+    let updated = updated?;
+    let Some(row) = updated else {
+        let current = inner.sql(&format!(
+            "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
+        ));
+        return lost(tx, &current, run_id, token, attempt.is_retry()).await;
+    };
+    let mut record = from_row(&row)?;
+    if let Some(first) = events.first() {
+        let next = record.next_event_index();
+        if first.index() != next {
+            return Err(StoreError::IndexConflict {
+                run_id: run_id.clone(),
+                expected: next,
+                got: first.index(),
+            }
+            .into());
+        }
+        events::write(inner, tx, run_id, events, transition.at).await?;
+        record.last_event_index = events.last().map(Event::index);
     }
-    Ok(outcome)
+    Ok(TransitionOutcome::Applied(Box::new(record)))
 }
 
 /// The compare-and-set matched no row: the run is missing, in another status, or (on a retry)

@@ -16,6 +16,7 @@ use crate::config::PostgresConfig;
 use crate::fault::RetryPolicy;
 use crate::migrate::{migrate, quoted};
 use crate::notify::{spawn_listener, Channels, Notification};
+use crate::writer::{Command, Writers};
 use crate::{cancel, events, lease, runs};
 
 /// A [`Store`] on PostgreSQL, shared by any number of replicas.
@@ -37,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     notifications: broadcast::Sender<Notification>,
     listener: tokio::task::JoinHandle<()>,
+    /// The group-commit writers of the hot writes (see [`crate::writer`]).
+    pub(crate) writers: Writers,
 }
 
 impl Inner {
@@ -102,7 +105,7 @@ impl PostgresStore {
             Err(_) => return Err(StoreError::Closed),
         }
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 pool,
                 quoted_schema: quoted(&config.schema),
                 schema: config.schema,
@@ -110,6 +113,7 @@ impl PostgresStore {
                 retry,
                 notifications: sender,
                 listener,
+                writers: Writers::spawn(weak),
             }),
         })
     }
@@ -125,6 +129,51 @@ impl PostgresStore {
     /// The schema holding this store's tables.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// `append_events`, fenced by `owner` when given.
+    async fn append(
+        &self,
+        run_id: &RunId,
+        events: &[Event],
+        owner: Option<&str>,
+    ) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        events::check_contiguous(run_id, events)?;
+        self.inner
+            .writers
+            .submit(run_id, |reply| Command::Append {
+                run_id: run_id.clone(),
+                events: events.to_vec(),
+                fence: owner.map(str::to_owned),
+                reply,
+            })
+            .await
+    }
+
+    /// `transition`, fenced by `owner` when given.
+    async fn transition_as(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: Option<&str>,
+    ) -> StoreResult<TransitionOutcome> {
+        transition.from.check_transition(transition.to)?;
+        events::check_contiguous(run_id, events)?;
+        self.inner
+            .writers
+            .submit(run_id, |reply| Command::Transition {
+                run_id: run_id.clone(),
+                transition: Box::new(transition.clone()),
+                events: events.to_vec(),
+                fence: owner.map(str::to_owned),
+                token: runs::write_token(),
+                reply,
+            })
+            .await
     }
 
     /// Closes the pool and stops listening. Operations after this fail with
@@ -165,7 +214,16 @@ impl Store for PostgresStore {
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
-        runs::create(&self.inner, run).await
+        let token = runs::write_token();
+        let run_id = run.run_id.clone();
+        self.inner
+            .writers
+            .submit(&run_id, |reply| Command::Create {
+                run: Box::new(run),
+                token,
+                reply,
+            })
+            .await
     }
 
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
@@ -182,7 +240,7 @@ impl Store for PostgresStore {
     }
 
     async fn append_events(&self, run_id: &RunId, events: &[Event]) -> StoreResult<()> {
-        events::append(&self.inner, run_id, events, None).await
+        self.append(run_id, events, None).await
     }
 
     async fn transition(
@@ -191,7 +249,7 @@ impl Store for PostgresStore {
         transition: &Transition,
         events: &[Event],
     ) -> StoreResult<TransitionOutcome> {
-        runs::transition(&self.inner, run_id, transition, events, None).await
+        self.transition_as(run_id, transition, events, None).await
     }
 
     fn fences_writes(&self) -> bool {
@@ -204,7 +262,7 @@ impl Store for PostgresStore {
         events: &[Event],
         owner: &str,
     ) -> StoreResult<()> {
-        events::append(&self.inner, run_id, events, Some(owner)).await
+        self.append(run_id, events, Some(owner)).await
     }
 
     async fn transition_fenced(
@@ -214,7 +272,8 @@ impl Store for PostgresStore {
         events: &[Event],
         owner: &str,
     ) -> StoreResult<TransitionOutcome> {
-        runs::transition(&self.inner, run_id, transition, events, Some(owner)).await
+        self.transition_as(run_id, transition, events, Some(owner))
+            .await
     }
 
     async fn read_events(
@@ -240,7 +299,15 @@ impl Store for PostgresStore {
         owner: &str,
         ttl: Duration,
     ) -> StoreResult<LeaseGrant> {
-        lease::acquire(&self.inner, run_id, owner, ttl).await
+        self.inner
+            .writers
+            .submit(run_id, |reply| Command::AcquireLease {
+                run_id: run_id.clone(),
+                owner: owner.to_owned(),
+                ttl,
+                reply,
+            })
+            .await
     }
 
     async fn renew_leases(&self, owner: &str, ttl: Duration) -> StoreResult<u64> {
@@ -248,7 +315,14 @@ impl Store for PostgresStore {
     }
 
     async fn release_lease(&self, run_id: &RunId, owner: &str) -> StoreResult<()> {
-        lease::release(&self.inner, run_id, owner).await
+        self.inner
+            .writers
+            .submit(run_id, |reply| Command::ReleaseLease {
+                run_id: run_id.clone(),
+                owner: owner.to_owned(),
+                reply,
+            })
+            .await
     }
 
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {

@@ -1,0 +1,388 @@
+//! The writers: cross-run group commit of the hot writes.
+//!
+//! `create_run`, `transition`, `append_events` (fenced or not), `acquire_lease` and
+//! `release_lease` are sent as a [`Command`] to one of [`WRITERS`] writer tasks, chosen by the
+//! run id (so one run's writes are always executed in order by one writer, and two writers never
+//! wait for each other's row locks on one run). A writer takes the first queued command and every
+//! other one already queued (up to [`MAX_BATCH`]), executes them in one transaction on its pooled
+//! connection, each in a `SAVEPOINT` of its own (sent in the same round trip as the command's
+//! first statement), commits once, announces the stored events in one notification-only
+//! statement, and only then replies: a caller learns of success only once its write is
+//! committed, and many writes share one WAL flush.
+//!
+//! A command that is refused (a lost compare-and-set, an index conflict, a taken run id, a
+//! fenced write) is rolled back to its savepoint and fails alone. When the connection fails (or
+//! the commit's outcome is unknown), every command of the batch is executed again in a later
+//! batch as a retry ([`Attempt::is_retry`]): their write tokens and already-stored checks
+//! recognise an earlier attempt that did commit, as they do for the single-call retries.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Weak;
+use std::time::Duration;
+
+use bgrun_core::{
+    CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Transition,
+    TransitionOutcome,
+};
+use deadpool_postgres::Transaction;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fault::{Attempt, Failure};
+use crate::store::Inner;
+use crate::{events, lease, runs};
+
+/// How many writer tasks (each using one pooled connection at a time).
+pub(crate) const WRITERS: usize = 4;
+
+/// The most commands one transaction takes.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// How many commands may wait for one writer before senders wait too.
+const QUEUE_CAPACITY: usize = 4096;
+
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// A write, as callers send it to a writer.
+pub(crate) enum Command {
+    Create {
+        run: Box<NewRun>,
+        token: String,
+        reply: Reply<CreateOutcome>,
+    },
+    Append {
+        run_id: RunId,
+        events: Vec<Event>,
+        fence: Option<String>,
+        reply: Reply<()>,
+    },
+    Transition {
+        run_id: RunId,
+        transition: Box<Transition>,
+        events: Vec<Event>,
+        fence: Option<String>,
+        token: String,
+        reply: Reply<TransitionOutcome>,
+    },
+    AcquireLease {
+        run_id: RunId,
+        owner: String,
+        ttl: Duration,
+        reply: Reply<LeaseGrant>,
+    },
+    ReleaseLease {
+        run_id: RunId,
+        owner: String,
+        reply: Reply<()>,
+    },
+}
+
+/// What a command produced, held until the batch commits.
+enum Output {
+    Created(Box<CreateOutcome>),
+    Unit,
+    Transitioned(TransitionOutcome),
+    Lease(LeaseGrant),
+}
+
+fn send<T>(reply: Reply<T>, result: StoreResult<T>) {
+    // The caller may have gone away (its future dropped); the write stands regardless.
+    let _ = reply.send(result);
+}
+
+fn unexpected() -> StoreError {
+    StoreError::backend(
+        "executing a batch of writes",
+        "a command produced another's output",
+    )
+}
+
+impl Command {
+    fn context(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "creating a run",
+            Self::Append { .. } => "appending events",
+            Self::Transition { .. } => "changing a run's status",
+            Self::AcquireLease { .. } => "acquiring a lease",
+            Self::ReleaseLease { .. } => "releasing a lease",
+        }
+    }
+
+    async fn execute(
+        &self,
+        inner: &Inner,
+        tx: &Transaction<'_>,
+        attempt: Attempt,
+    ) -> Result<Output, Failure> {
+        match self {
+            Self::Create { run, token, .. } => runs::create_in(inner, tx, run, token, attempt)
+                .await
+                .map(|outcome| Output::Created(Box::new(outcome))),
+            Self::Append {
+                run_id,
+                events,
+                fence,
+                ..
+            } => events::append_in(inner, tx, run_id, events, fence.as_deref(), attempt)
+                .await
+                .map(|()| Output::Unit),
+            Self::Transition {
+                run_id,
+                transition,
+                events,
+                fence,
+                token,
+                ..
+            } => runs::transition_in(
+                inner,
+                tx,
+                run_id,
+                transition,
+                events,
+                fence.as_deref(),
+                token,
+                attempt,
+            )
+            .await
+            .map(Output::Transitioned),
+            Self::AcquireLease {
+                run_id, owner, ttl, ..
+            } => lease::acquire_in(inner, tx, run_id, owner, *ttl)
+                .await
+                .map(Output::Lease),
+            Self::ReleaseLease { run_id, owner, .. } => lease::release_in(inner, tx, run_id, owner)
+                .await
+                .map(|()| Output::Unit),
+        }
+    }
+
+    /// The run and last event index a committed output stored, to announce.
+    fn stored(&self, output: &Output) -> Option<(RunId, u64)> {
+        match (self, output) {
+            (Self::Append { run_id, events, .. }, Output::Unit) => {
+                Some((run_id.clone(), events.last()?.index()))
+            }
+            (
+                Self::Transition { run_id, events, .. },
+                Output::Transitioned(TransitionOutcome::Applied(_)),
+            ) => Some((run_id.clone(), events.last()?.index())),
+            _ => None,
+        }
+    }
+
+    fn reply(self, result: StoreResult<Output>) {
+        match self {
+            Self::Create { reply, .. } => send(
+                reply,
+                result.and_then(|output| match output {
+                    Output::Created(outcome) => Ok(*outcome),
+                    _ => Err(unexpected()),
+                }),
+            ),
+            Self::Append { reply, .. } | Self::ReleaseLease { reply, .. } => send(
+                reply,
+                result.and_then(|output| match output {
+                    Output::Unit => Ok(()),
+                    _ => Err(unexpected()),
+                }),
+            ),
+            Self::Transition { reply, .. } => send(
+                reply,
+                result.and_then(|output| match output {
+                    Output::Transitioned(outcome) => Ok(outcome),
+                    _ => Err(unexpected()),
+                }),
+            ),
+            Self::AcquireLease { reply, .. } => send(
+                reply,
+                result.and_then(|output| match output {
+                    Output::Lease(grant) => Ok(grant),
+                    _ => Err(unexpected()),
+                }),
+            ),
+        }
+    }
+}
+
+/// A command and how many times it has been attempted.
+struct Queued {
+    command: Command,
+    attempt: u32,
+}
+
+/// The senders to the writer tasks; the tasks stop once these are dropped.
+pub(crate) struct Writers {
+    senders: Vec<mpsc::Sender<Queued>>,
+}
+
+impl Writers {
+    /// Starts the writer tasks. They hold `inner` weakly: the store's last clone going away
+    /// drops the senders, which stops them.
+    pub(crate) fn spawn(inner: &Weak<Inner>) -> Self {
+        let senders = (0..WRITERS)
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+                tokio::spawn(serve(inner.clone(), receiver));
+                sender
+            })
+            .collect();
+        Self { senders }
+    }
+
+    /// Sends the command that `make` builds around its reply to the run's writer, and waits
+    /// for the reply (which comes once the command's batch committed).
+    pub(crate) async fn submit<T>(
+        &self,
+        run_id: &RunId,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> StoreResult<T> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        run_id.as_str().hash(&mut hasher);
+        let shard = (hasher.finish() % self.senders.len() as u64) as usize;
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            command: make(reply),
+            attempt: 0,
+        };
+        self.senders[shard]
+            .send(queued)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// One writer task: batches until every sender is gone.
+async fn serve(inner: Weak<Inner>, mut receiver: mpsc::Receiver<Queued>) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if batch.is_empty() {
+            match receiver.recv().await {
+                Some(queued) => batch.push(queued),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            for queued in batch.drain(..) {
+                queued.command.reply(Err(StoreError::Closed));
+            }
+            return;
+        };
+        let again = run_batch(&inner, std::mem::take(&mut batch)).await;
+        if let Some(delay) = again.iter().map(|queued| queued.attempt).max() {
+            let delay = inner
+                .retry
+                .base_delay
+                .saturating_mul(1 << delay.saturating_sub(1).min(16))
+                .min(Duration::from_secs(1));
+            drop(inner);
+            tokio::time::sleep(delay).await;
+        }
+        batch = again;
+    }
+}
+
+/// `queued` failed transiently: back in the queue as a retry, or answered if out of retries.
+fn retry_or_fail(inner: &Inner, mut queued: Queued, failure: Failure, again: &mut Vec<Queued>) {
+    if failure.is_transient() && queued.attempt < inner.retry.max_retries {
+        tracing::debug!(
+            context = queued.command.context(),
+            attempt = queued.attempt,
+            error = ?failure,
+            "PostgreSQL write failed on a connection error; retrying"
+        );
+        queued.attempt += 1;
+        again.push(queued);
+    } else {
+        let context = queued.command.context();
+        queued.command.reply(Err(failure.into_store_error(context)));
+    }
+}
+
+/// Executes and commits one batch; replies to what is settled and returns what is to be retried.
+async fn run_batch(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+    let mut again = Vec::new();
+    let mut client = match inner.pool.get().await {
+        Ok(client) => client,
+        Err(error) => {
+            let failure = Failure::Pool(error);
+            for queued in batch {
+                retry_or_fail(inner, queued, Failure::batch(&failure), &mut again);
+            }
+            return again;
+        }
+    };
+    let mut executed: Vec<(Queued, Result<Output, Failure>)> = Vec::with_capacity(batch.len());
+    let mut broken: Option<Failure> = None;
+    {
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(error) => {
+                let failure = Failure::Db(error);
+                for queued in batch {
+                    retry_or_fail(inner, queued, Failure::batch(&failure), &mut again);
+                }
+                return again;
+            }
+        };
+        let mut pending = batch.into_iter();
+        // The previous command's savepoint is released (kept, if it was rolled back to) as the
+        // next one is taken, so they do not nest.
+        let mut savepoint_sql = "SAVEPOINT command";
+        for queued in pending.by_ref() {
+            // One round trip: the savepoint is sent before the command's first statement.
+            let (savepoint, result) = futures::join!(
+                tx.batch_execute(savepoint_sql),
+                queued
+                    .command
+                    .execute(inner, &tx, Attempt::new(queued.attempt))
+            );
+            let result = match (savepoint, result) {
+                (Ok(()), result) => result,
+                (Err(error), _) => Err(Failure::Db(error)),
+            };
+            if result.is_err() {
+                if let Err(error) = tx.batch_execute("ROLLBACK TO SAVEPOINT command").await {
+                    // The transaction (or the connection) is gone: nothing of it commits.
+                    broken = Some(Failure::Db(error));
+                    executed.push((queued, result));
+                    break;
+                }
+            }
+            executed.push((queued, result));
+            savepoint_sql = "RELEASE SAVEPOINT command; SAVEPOINT command";
+        }
+        let rest: Vec<Queued> = pending.collect();
+        if broken.is_none() {
+            if let Err(error) = tx.commit().await {
+                broken = Some(Failure::Db(error));
+            }
+        }
+        if let Some(failure) = &broken {
+            // The outcome of every command is unknown: all of them again, as retries.
+            for (queued, _) in executed.drain(..) {
+                retry_or_fail(inner, queued, Failure::batch(failure), &mut again);
+            }
+            again.extend(rest);
+            return again;
+        }
+    }
+    let stored: Vec<(RunId, u64)> = executed
+        .iter()
+        .filter_map(|(queued, result)| queued.command.stored(result.as_ref().ok()?))
+        .collect();
+    events::announce(inner, &client, &stored).await;
+    drop(client);
+    for (queued, result) in executed {
+        match result {
+            Ok(output) => queued.command.reply(Ok(output)),
+            Err(failure) => retry_or_fail(inner, queued, failure, &mut again),
+        }
+    }
+    again
+}
