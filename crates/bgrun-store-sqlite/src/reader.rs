@@ -189,12 +189,19 @@ pub(crate) fn read_events(
         .query(params![run_id.as_str(), after, to_sql_limit(limit)])
         .map_err(sql("reading events"))?;
     let mut events = Vec::with_capacity(limit.min(1024));
+    // A log repeats few type names: consecutive events share one allocation of theirs.
+    let mut last_type: Option<std::sync::Arc<str>> = None;
     while let Some(row) = rows.next().map_err(sql("reading events"))? {
         let event = (|| {
             let index = index_from_sql(row.get(0)?, 0)?;
             let event_type = row.get_ref(1)?.as_str()?;
+            let shared = match &last_type {
+                Some(last) if &**last == event_type => last.clone(),
+                _ => std::sync::Arc::<str>::from(event_type),
+            };
+            last_type = Some(shared.clone());
             let json = row.get_ref(2)?.as_str()?;
-            Ok::<_, rusqlite::Error>(Event::from_parts(index, event_type, json))
+            Ok::<_, rusqlite::Error>(Event::from_parts(index, shared, json))
         })()
         .map_err(sql("reading an event"))?;
         events.push(event);
