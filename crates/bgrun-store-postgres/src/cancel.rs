@@ -7,7 +7,7 @@ use crate::fault::Failure;
 use crate::store::Inner;
 
 /// The first key of the per-run advisory lock (two-key form, apart from the migration lock).
-const RUN_LOCK_CLASS: i32 = 0x6267_7275; // "bgru"
+pub(crate) const RUN_LOCK_CLASS: i32 = 0x6267_7275; // "bgru"
 
 /// Serialises `create_run` and `request_cancel` of one run id until the transaction ends, so
 /// that either the create sees the intent, or the canceller's next read sees the run.

@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     listener: tokio::task::JoinHandle<()>,
     /// The group-commit writers of the hot writes (see [`crate::writer`]).
     pub(crate) writers: Writers,
+    /// The set-based statements of the writers' fast path (see [`crate::bulk`]).
+    pub(crate) bulk: crate::bulk::Sql,
 }
 
 impl Inner {
@@ -104,10 +106,12 @@ impl PostgresStore {
             }
             Err(_) => return Err(StoreError::Closed),
         }
+        let quoted_schema = quoted(&config.schema);
         Ok(Self {
             inner: Arc::new_cyclic(|weak| Inner {
                 pool,
-                quoted_schema: quoted(&config.schema),
+                bulk: crate::bulk::Sql::new(&quoted_schema),
+                quoted_schema,
                 schema: config.schema,
                 channels,
                 retry,

@@ -4,11 +4,13 @@
 //! `release_lease` are sent as a [`Command`] to one of [`WRITERS`] writer tasks, chosen by the
 //! run id (so one run's writes are always executed in order by one writer, and two writers never
 //! wait for each other's row locks on one run). A writer takes the first queued command and every
-//! other one already queued (up to [`MAX_BATCH`]), executes them in one transaction on its pooled
-//! connection, each in a `SAVEPOINT` of its own (sent in the same round trip as the command's
-//! first statement), commits once, announces the stored events in one notification-only
-//! statement, and only then replies: a caller learns of success only once its write is
-//! committed, and many writes share one WAL flush.
+//! other one already queued (up to [`MAX_BATCH`]) and executes them on its pooled connection:
+//! first the common-case commands as a few set-based statements in one transaction
+//! ([`crate::bulk`]: two round trips whatever the batch's size), then the rest command by
+//! command in another, each in a `SAVEPOINT` of its own (sent in the same round trip as the
+//! command's first statement). It replies once a command's transaction committed (a caller
+//! learns of success only once its write is durable, and many writes share one WAL flush) and
+//! announces the stored events in one notification-only statement.
 //!
 //! A command that is refused (a lost compare-and-set, an index conflict, a taken run id, a
 //! fenced write) is rolled back to its savepoint and fails alone. When the connection fails (or
@@ -29,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fault::{Attempt, Failure};
 use crate::store::Inner;
-use crate::{events, lease, runs};
+use crate::{bulk, events, lease, runs};
 
 /// How many writer tasks (each using one pooled connection at a time).
 pub(crate) const WRITERS: usize = 4;
@@ -77,7 +79,7 @@ pub(crate) enum Command {
 }
 
 /// What a command produced, held until the batch commits.
-enum Output {
+pub(crate) enum Output {
     Created(Box<CreateOutcome>),
     Unit,
     Transitioned(TransitionOutcome),
@@ -97,6 +99,17 @@ fn unexpected() -> StoreError {
 }
 
 impl Command {
+    /// The run the command writes.
+    pub(crate) fn run_id(&self) -> &RunId {
+        match self {
+            Self::Create { run, .. } => &run.run_id,
+            Self::Append { run_id, .. }
+            | Self::Transition { run_id, .. }
+            | Self::AcquireLease { run_id, .. }
+            | Self::ReleaseLease { run_id, .. } => run_id,
+        }
+    }
+
     fn context(&self) -> &'static str {
         match self {
             Self::Create { .. } => "creating a run",
@@ -156,7 +169,7 @@ impl Command {
     }
 
     /// The run and last event index a committed output stored, to announce.
-    fn stored(&self, output: &Output) -> Option<(RunId, u64)> {
+    pub(crate) fn stored(&self, output: &Output) -> Option<(RunId, u64)> {
         match (self, output) {
             (Self::Append { run_id, events, .. }, Output::Unit) => {
                 Some((run_id.clone(), events.last()?.index()))
@@ -169,7 +182,7 @@ impl Command {
         }
     }
 
-    fn reply(self, result: StoreResult<Output>) {
+    pub(crate) fn reply(self, result: StoreResult<Output>) {
         match self {
             Self::Create { reply, .. } => send(
                 reply,
@@ -204,9 +217,9 @@ impl Command {
 }
 
 /// A command and how many times it has been attempted.
-struct Queued {
-    command: Command,
-    attempt: u32,
+pub(crate) struct Queued {
+    pub(crate) command: Command,
+    pub(crate) attempt: u32,
 }
 
 /// The senders to the writer tasks; the tasks stop once these are dropped.
@@ -305,7 +318,46 @@ fn retry_or_fail(inner: &Inner, mut queued: Queued, failure: Failure, again: &mu
 }
 
 /// Executes and commits one batch; replies to what is settled and returns what is to be retried.
+///
+/// Its common-case commands first, as set-based statements ([`bulk`]); what those did not
+/// settle then command by command.
 async fn run_batch(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+    let (fast, mut slow) = bulk::split(batch);
+    let mut again = Vec::new();
+    if !fast.is_empty() {
+        match inner.pool.get().await {
+            Ok(client) => match bulk::execute(inner, &client, fast).await {
+                Ok(bulk::Executed { applied, declined }) => {
+                    let stored: Vec<(RunId, u64)> = applied
+                        .iter()
+                        .filter_map(|(queued, output)| queued.command.stored(output))
+                        .collect();
+                    for (queued, output) in applied {
+                        queued.command.reply(Ok(output));
+                    }
+                    // After the replies: listeners elsewhere need not hold up the writers here.
+                    events::announce(inner, &client, &stored).await;
+                    slow.extend(declined);
+                }
+                Err(bulk::Refused::Rolledback(commands)) => slow.extend(commands),
+                Err(bulk::Refused::Unknown(commands, failure)) => {
+                    for queued in commands {
+                        retry_or_fail(inner, queued, failure.batch(), &mut again);
+                    }
+                }
+            },
+            // The command-by-command path meets the same failure and retries.
+            Err(_) => slow.extend(fast),
+        }
+    }
+    if !slow.is_empty() {
+        again.extend(run_commands(inner, slow).await);
+    }
+    again
+}
+
+/// Executes `batch` command by command, each in a savepoint, in one transaction.
+async fn run_commands(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
     let mut again = Vec::new();
     let mut client = match inner.pool.get().await {
         Ok(client) => client,

@@ -1,0 +1,568 @@
+//! The set-based fast path of a writer's batch: its common-case commands as one statement per
+//! kind of command, all sent with `BEGIN` in one round trip, then `COMMIT`.
+//!
+//! Executing a batch command by command costs a few round trips per command (savepoint, checks,
+//! write), so a writer's throughput fell with the number of writes a run makes. Here a batch of
+//! any size costs two round trips: the creates become one `INSERT .. SELECT FROM unnest(..)`, the
+//! lease grants one upsert, the releases one `DELETE`, the transitions and the appends each one
+//! compare-and-set `UPDATE` joined with the `INSERT` of their events.
+//!
+//! Only commands whose outcome the set statements can decide take this path ([`is_fast`]): first
+//! attempts without an idempotency key, one per run in the batch. A command the statements did
+//! not apply (a lost compare-and-set, a taken id, a lease held elsewhere, a fenced write) goes on
+//! to the command-by-command path, which finds out why and answers with the exact error. If any
+//! statement fails, the transaction is rolled back and every command goes that way too.
+
+use std::collections::{HashMap, HashSet};
+
+use bgrun_core::{CreateOutcome, LeaseGrant, RunId, RunStatus, TransitionOutcome};
+use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::fault::Failure;
+use crate::record::{from_row, RUN_COLUMNS};
+use crate::store::Inner;
+use crate::writer::{Command, Output, Queued};
+
+/// The batch's commands split into the ones for the set statements and the others.
+pub(crate) fn split(batch: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
+    // Two commands for one run in one batch were sent concurrently; the command-by-command
+    // path executes them one after the other (in the order received).
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for queued in &batch {
+        *seen.entry(queued.command.run_id().as_str()).or_default() += 1;
+    }
+    let slow_runs: HashSet<String> = batch
+        .iter()
+        .filter(|queued| !is_fast(queued) || seen[queued.command.run_id().as_str()] > 1)
+        .map(|queued| queued.command.run_id().as_str().to_owned())
+        .collect();
+    batch
+        .into_iter()
+        .partition(|queued| !slow_runs.contains(queued.command.run_id().as_str()))
+}
+
+/// Whether the set statements can decide `queued`'s outcome.
+fn is_fast(queued: &Queued) -> bool {
+    if queued.attempt > 0 {
+        // A retry must first recognise an earlier attempt that did commit.
+        return false;
+    }
+    match &queued.command {
+        Command::Create { run, .. } => run.idempotency_key.is_none(),
+        Command::Append { events, .. } => !events.is_empty(),
+        Command::Transition { .. }
+        | Command::AcquireLease { .. }
+        | Command::ReleaseLease { .. } => true,
+    }
+}
+
+/// What the set statements did.
+pub(crate) struct Executed {
+    /// Applied commands with their outputs, committed.
+    pub(crate) applied: Vec<(Queued, Output)>,
+    /// Commands the statements did not apply: for the command-by-command path.
+    pub(crate) declined: Vec<Queued>,
+}
+
+/// Why the fast path did not commit.
+pub(crate) enum Refused {
+    /// A statement failed before `COMMIT` was sent: nothing was written, and every command may
+    /// be executed again as a first attempt.
+    Rolledback(Vec<Queued>),
+    /// `COMMIT` failed: whether it took effect is unknown.
+    Unknown(Vec<Queued>, Failure),
+}
+
+/// The columns of a run returned by an `UPDATE .. FROM`, qualified (the other table has a
+/// `run_id` too).
+fn qualified_run_columns() -> String {
+    RUN_COLUMNS
+        .split(", ")
+        .map(|column| format!("r.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `NOT IN` list of the terminal statuses.
+fn terminal_statuses() -> String {
+    RunStatus::ALL
+        .iter()
+        .filter(|status| status.is_terminal())
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The parameters of the create statement, one array per column.
+#[derive(Default)]
+struct Creates<'a> {
+    run_ids: Vec<&'a str>,
+    session_ids: Vec<&'a str>,
+    user_ids: Vec<Option<&'a str>>,
+    kinds: Vec<&'a str>,
+    component_ids: Vec<&'a str>,
+    parent_run_ids: Vec<Option<&'a str>>,
+    inputs: Vec<&'a str>,
+    params: Vec<String>,
+    metadata: Vec<Option<String>>,
+    created_at: Vec<i64>,
+    tokens: Vec<&'a str>,
+}
+
+#[derive(Default)]
+struct Leases<'a> {
+    run_ids: Vec<&'a str>,
+    owners: Vec<&'a str>,
+    ttl_secs: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Releases<'a> {
+    run_ids: Vec<&'a str>,
+    owners: Vec<&'a str>,
+}
+
+#[derive(Default)]
+struct Transitions<'a> {
+    run_ids: Vec<&'a str>,
+    from: Vec<&'a str>,
+    to: Vec<&'a str>,
+    content: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+    stage: Vec<Option<&'a str>>,
+    at: Vec<i64>,
+    tokens: Vec<&'a str>,
+    fences: Vec<Option<&'a str>>,
+    first: Vec<Option<i64>>,
+    last: Vec<Option<i64>>,
+}
+
+#[derive(Default)]
+struct Appends<'a> {
+    run_ids: Vec<&'a str>,
+    fences: Vec<Option<&'a str>>,
+    first: Vec<i64>,
+    last: Vec<i64>,
+}
+
+/// Events to insert, one array per column.
+#[derive(Default)]
+struct Events<'a> {
+    run_ids: Vec<&'a str>,
+    indices: Vec<i64>,
+    types: Vec<&'a str>,
+    jsons: Vec<&'a str>,
+}
+
+impl<'a> Events<'a> {
+    fn extend(
+        &mut self,
+        run_id: &'a RunId,
+        events: &'a [bgrun_core::Event],
+    ) -> Result<(), Failure> {
+        for event in events {
+            self.run_ids.push(run_id.as_str());
+            self.indices.push(crate::record::to_stored(event.index())?);
+            self.types.push(event.event_type());
+            self.jsons.push(event.json());
+        }
+        Ok(())
+    }
+}
+
+/// Executes `fast` (from [`split`]) in one transaction.
+pub(crate) async fn execute(
+    inner: &Inner,
+    client: &Object,
+    fast: Vec<Queued>,
+) -> Result<Executed, Refused> {
+    let rows = match statements(inner, client, &fast).await {
+        Ok(rows) => rows,
+        Err(failure) => {
+            tracing::debug!(error = ?failure, commands = fast.len(), "set-based batch failed; executing it command by command");
+            // Nothing was committed; if the connection is gone, so is the transaction.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Refused::Rolledback(fast));
+        }
+    };
+    if let Err(error) = client.batch_execute("COMMIT").await {
+        return Err(Refused::Unknown(fast, Failure::Db(error)));
+    }
+    Ok(rows.sort(fast))
+}
+
+/// What the statements returned, keyed by run id.
+struct Returned {
+    created: HashMap<String, Row>,
+    cancel_intents: HashSet<String>,
+    leased: HashSet<String>,
+    transitioned: HashMap<String, Row>,
+    appended: HashSet<String>,
+}
+
+impl Returned {
+    /// Pairs each command with its output, or declines it.
+    fn sort(mut self, fast: Vec<Queued>) -> Executed {
+        let mut applied = Vec::with_capacity(fast.len());
+        let mut declined = Vec::new();
+        for queued in fast {
+            let id = queued.command.run_id().as_str();
+            let output = match &queued.command {
+                Command::Create { run, .. } => self.created.remove(id).map(|row| {
+                    from_row(&row).map(|record| {
+                        Output::Created(Box::new(CreateOutcome::Created {
+                            run: record,
+                            cancel_requested: self.cancel_intents.contains(run.run_id.as_str()),
+                        }))
+                    })
+                }),
+                Command::AcquireLease { .. } => self
+                    .leased
+                    .contains(id)
+                    .then_some(Ok(Output::Lease(LeaseGrant::Granted))),
+                Command::ReleaseLease { .. } => Some(Ok(Output::Unit)),
+                Command::Transition { .. } => self.transitioned.remove(id).map(|row| {
+                    from_row(&row).map(|record| {
+                        Output::Transitioned(TransitionOutcome::Applied(Box::new(record)))
+                    })
+                }),
+                Command::Append { .. } => self.appended.contains(id).then_some(Ok(Output::Unit)),
+            };
+            match output {
+                Some(Ok(output)) => applied.push((queued, output)),
+                // A row that does not decode: the command-by-command path reports it.
+                Some(Err(_)) | None => declined.push(queued),
+            }
+        }
+        Executed { applied, declined }
+    }
+}
+
+/// `BEGIN` and every statement, pipelined; the transaction is left open.
+async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Returned, Failure> {
+    let mut creates = Creates::default();
+    let mut leases = Leases::default();
+    let mut releases = Releases::default();
+    let mut transitions = Transitions::default();
+    let mut transition_events = Events::default();
+    let mut appends = Appends::default();
+    let mut append_events = Events::default();
+    for queued in fast {
+        match &queued.command {
+            Command::Create { run, token, .. } => {
+                creates.run_ids.push(run.run_id.as_str());
+                creates.session_ids.push(run.session_id.as_str());
+                creates.user_ids.push(run.user_id.as_deref());
+                creates.kinds.push(run.target.kind.as_str());
+                creates.component_ids.push(&run.target.component_id);
+                creates
+                    .parent_run_ids
+                    .push(run.parent_run_id.as_ref().map(RunId::as_str));
+                creates.inputs.push(&run.input);
+                creates
+                    .params
+                    .push(serde_json::Value::Object(run.params.clone()).to_string());
+                creates
+                    .metadata
+                    .push(run.metadata.as_ref().map(serde_json::Value::to_string));
+                creates.created_at.push(run.created_at);
+                creates.tokens.push(token);
+            }
+            Command::AcquireLease {
+                run_id, owner, ttl, ..
+            } => {
+                leases.run_ids.push(run_id.as_str());
+                leases.owners.push(owner);
+                leases.ttl_secs.push(ttl.as_secs_f64());
+            }
+            Command::ReleaseLease { run_id, owner, .. } => {
+                releases.run_ids.push(run_id.as_str());
+                releases.owners.push(owner);
+            }
+            Command::Transition {
+                run_id,
+                transition,
+                events,
+                fence,
+                token,
+                ..
+            } => {
+                transitions.run_ids.push(run_id.as_str());
+                transitions.from.push(transition.from.as_str());
+                transitions.to.push(transition.to.as_str());
+                transitions.content.push(transition.content.as_deref());
+                transitions.error.push(transition.error.as_deref());
+                transitions
+                    .stage
+                    .push(transition.cancellation_stage.map(|stage| stage.as_str()));
+                transitions.at.push(transition.at);
+                transitions.tokens.push(token);
+                transitions.fences.push(fence.as_deref());
+                transitions.first.push(
+                    events
+                        .first()
+                        .map(|event| crate::record::to_stored(event.index()))
+                        .transpose()?,
+                );
+                transitions.last.push(
+                    events
+                        .last()
+                        .map(|event| crate::record::to_stored(event.index()))
+                        .transpose()?,
+                );
+                transition_events.extend(run_id, events)?;
+            }
+            Command::Append {
+                run_id,
+                events,
+                fence,
+                ..
+            } => {
+                let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                    continue;
+                };
+                appends.run_ids.push(run_id.as_str());
+                appends.fences.push(fence.as_deref());
+                appends.first.push(crate::record::to_stored(first.index())?);
+                appends.last.push(crate::record::to_stored(last.index())?);
+                append_events.extend(run_id, events)?;
+            }
+        }
+    }
+
+    // Prepared once per connection (cached): afterwards every statement goes out at once.
+    let sql = &inner.bulk;
+    let lock = client.prepare_cached(&sql.lock).await?;
+    let create = client.prepare_cached(&sql.create).await?;
+    let intents = client.prepare_cached(&sql.intents).await?;
+    let lease = client.prepare_cached(&sql.lease).await?;
+    let release = client.prepare_cached(&sql.release).await?;
+    let transition = client.prepare_cached(&sql.transition).await?;
+    let append = client.prepare_cached(&sql.append).await?;
+
+    let mut locked_ids = creates.run_ids.clone();
+    locked_ids.sort_unstable();
+    let now = bgrun_core::now();
+    let create_params: [&(dyn ToSql + Sync); 11] = [
+        &creates.run_ids,
+        &creates.session_ids,
+        &creates.user_ids,
+        &creates.kinds,
+        &creates.component_ids,
+        &creates.parent_run_ids,
+        &creates.inputs,
+        &creates.params,
+        &creates.metadata,
+        &creates.created_at,
+        &creates.tokens,
+    ];
+    let transition_params: [&(dyn ToSql + Sync); 15] = [
+        &transitions.run_ids,
+        &transitions.from,
+        &transitions.to,
+        &transitions.content,
+        &transitions.error,
+        &transitions.stage,
+        &transitions.at,
+        &transitions.tokens,
+        &transitions.fences,
+        &transitions.first,
+        &transitions.last,
+        &transition_events.run_ids,
+        &transition_events.indices,
+        &transition_events.types,
+        &transition_events.jsons,
+    ];
+    let append_params: [&(dyn ToSql + Sync); 9] = [
+        &appends.run_ids,
+        &appends.fences,
+        &appends.first,
+        &appends.last,
+        &now,
+        &append_events.run_ids,
+        &append_events.indices,
+        &append_events.types,
+        &append_events.jsons,
+    ];
+    // `join!` polls in order, and a statement is queued on the connection when first polled:
+    // they reach the server in this order, in one round trip.
+    let (begun, locked, created, intents, leased, released, transitioned, appended) = futures::join!(
+        client.batch_execute("BEGIN"),
+        async {
+            if creates.run_ids.is_empty() {
+                return None;
+            }
+            Some(client.execute(&lock, &[&locked_ids]).await)
+        },
+        async {
+            if creates.run_ids.is_empty() {
+                return None;
+            }
+            Some(client.query(&create, &create_params).await)
+        },
+        async {
+            if creates.run_ids.is_empty() {
+                return None;
+            }
+            Some(client.query(&intents, &[&creates.run_ids]).await)
+        },
+        async {
+            if leases.run_ids.is_empty() {
+                return None;
+            }
+            Some(
+                client
+                    .query(&lease, &[&leases.run_ids, &leases.owners, &leases.ttl_secs])
+                    .await,
+            )
+        },
+        async {
+            if releases.run_ids.is_empty() {
+                return None;
+            }
+            Some(
+                client
+                    .execute(&release, &[&releases.run_ids, &releases.owners])
+                    .await,
+            )
+        },
+        async {
+            if transitions.run_ids.is_empty() {
+                return None;
+            }
+            Some(client.query(&transition, &transition_params).await)
+        },
+        async {
+            if appends.run_ids.is_empty() {
+                return None;
+            }
+            Some(client.query(&append, &append_params).await)
+        },
+    );
+    begun?;
+    locked.transpose()?;
+    released.transpose()?;
+    let ids = |rows: Option<Result<Vec<Row>, tokio_postgres::Error>>| -> Result<HashSet<String>, Failure> {
+        Ok(rows
+            .transpose()?
+            .unwrap_or_default()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect())
+    };
+    let by_id = |rows: Option<Result<Vec<Row>, tokio_postgres::Error>>| -> Result<HashMap<String, Row>, Failure> {
+        Ok(rows
+            .transpose()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| (row.get::<_, String>("run_id"), row))
+            .collect())
+    };
+    Ok(Returned {
+        created: by_id(created)?,
+        cancel_intents: ids(intents)?,
+        leased: ids(leased)?,
+        transitioned: by_id(transitioned)?,
+        appended: ids(appended)?,
+    })
+}
+
+/// The statements, in the store's schema (made once, when the store opens).
+pub(crate) struct Sql {
+    lock: String,
+    create: String,
+    intents: String,
+    lease: String,
+    release: String,
+    transition: String,
+    append: String,
+}
+
+impl Sql {
+    pub(crate) fn new(quoted_schema: &str) -> Self {
+        let in_schema = |template: &str| template.replace("{s}", quoted_schema);
+        let r_columns = qualified_run_columns();
+        let terminal = terminal_statuses();
+        // The run ids whose lease `t.fence` holds, share-locked until the commit (as
+        // `lease::check_fence` does for one write).
+        let fenced = "fenced AS (SELECT l.run_id FROM {s}.leases l JOIN t \
+             ON l.run_id = t.run_id AND l.owner = t.fence FOR SHARE OF l)";
+        let insert_events = "INSERT INTO {s}.events (run_id, event_index, event_type, json) \
+             SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
+        Self {
+            // Sorted ids: two batches never wait for each other's locks in a cycle.
+            lock: format!(
+                "SELECT pg_advisory_xact_lock({}, hashtext(id)) FROM unnest($1::text[]) AS id",
+                crate::cancel::RUN_LOCK_CLASS
+            ),
+            create: in_schema(&format!(
+                "INSERT INTO {{s}}.runs (run_id, session_id, user_id, kind, component_id, \
+                 parent_run_id, status, input, params, metadata, created_at, updated_at, \
+                 write_token) \
+                 SELECT n.run_id, n.session_id, n.user_id, n.kind, n.component_id, \
+                 n.parent_run_id, 'PENDING', n.input, n.params, n.metadata, n.created_at, \
+                 n.created_at, n.token \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) \
+                 AS n(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
+                 params, metadata, created_at, token) \
+                 ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
+                 RETURNING {RUN_COLUMNS}"
+            )),
+            intents: in_schema(
+                "SELECT run_id FROM {s}.cancel_intents WHERE run_id = ANY($1::text[])",
+            ),
+            lease: in_schema(
+                "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
+                 SELECT t.run_id, t.owner, clock_timestamp() + make_interval(secs => t.secs) \
+                 FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(run_id, owner, secs) \
+                 ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, \
+                 expires_at = EXCLUDED.expires_at \
+                 WHERE lease.owner = EXCLUDED.owner OR lease.expires_at <= clock_timestamp() \
+                 RETURNING run_id",
+            ),
+            release: in_schema(
+                "DELETE FROM {s}.leases AS l USING unnest($1::text[], $2::text[]) \
+                 AS t(run_id, owner) WHERE l.run_id = t.run_id AND l.owner = t.owner",
+            ),
+            transition: in_schema(&format!(
+                "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+                 $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], \
+                 $10::bigint[], $11::bigint[]) AS t(run_id, from_status, to_status, content, \
+                 error, stage, at, token, fence, first_index, last_index)), \
+                 {fenced}, \
+                 changed AS (UPDATE {{s}}.runs AS r SET status = t.to_status, \
+                 content = COALESCE(t.content, r.content), error = COALESCE(t.error, r.error), \
+                 cancellation_stage = COALESCE(t.stage, r.cancellation_stage), \
+                 updated_at = t.at, write_token = t.token, \
+                 last_event_index = COALESCE(t.last_index, r.last_event_index) \
+                 FROM t WHERE r.run_id = t.run_id AND r.status = t.from_status \
+                 AND (t.first_index IS NULL \
+                      OR COALESCE(r.last_event_index, -1) + 1 = t.first_index) \
+                 AND (t.fence IS NULL OR t.run_id IN (SELECT run_id FROM fenced)) \
+                 RETURNING {r_columns}), \
+                 stored AS ({insert_events}($12::text[], $13::bigint[], $14::text[], \
+                 $15::text[]) AS e(run_id, event_index, event_type, json) \
+                 WHERE e.run_id IN (SELECT run_id FROM changed)) \
+                 SELECT * FROM changed"
+            )),
+            append: in_schema(&format!(
+                "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], \
+                 $4::bigint[]) AS t(run_id, fence, first_index, last_index)), \
+                 {fenced}, \
+                 advanced AS (UPDATE {{s}}.runs AS r SET last_event_index = t.last_index, \
+                 updated_at = $5 FROM t WHERE r.run_id = t.run_id \
+                 AND r.status NOT IN ({terminal}) \
+                 AND COALESCE(r.last_event_index, -1) + 1 = t.first_index \
+                 AND (t.fence IS NULL OR t.run_id IN (SELECT run_id FROM fenced)) \
+                 RETURNING r.run_id), \
+                 stored AS ({insert_events}($6::text[], $7::bigint[], $8::text[], \
+                 $9::text[]) AS e(run_id, event_index, event_type, json) \
+                 WHERE e.run_id IN (SELECT run_id FROM advanced)) \
+                 SELECT run_id FROM advanced"
+            )),
+        }
+    }
+}
