@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::event::Event;
 use crate::id::RunId;
 use crate::run::{
@@ -171,6 +171,53 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<TransitionOutcome> {
         let _ = owner;
         self.transition(run_id, transition, events).await
+    }
+
+    /// How an engine starts executing a run: takes the run's lease for `owner` (as
+    /// [`acquire_lease`](Store::acquire_lease)) and applies `transition` with `events` fenced by
+    /// it (as [`transition_fenced`](Store::transition_fenced)), in one atomic write where the
+    /// store can. `Fenced` when another owner holds a live lease. The lease stays taken when the
+    /// transition is a `Conflict`. The default makes the two calls one after the other.
+    async fn lease_and_transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<TransitionOutcome> {
+        match self.acquire_lease(run_id, owner, ttl).await? {
+            LeaseGrant::Granted => {
+                self.transition_fenced(run_id, transition, events, owner)
+                    .await
+            }
+            LeaseGrant::HeldBy(_) => Err(StoreError::Fenced {
+                run_id: run_id.clone(),
+                owner: owner.to_owned(),
+            }),
+        }
+    }
+
+    /// How an engine ends a run it executed: [`transition_fenced`](Store::transition_fenced),
+    /// and once it is applied, [`release_lease`](Store::release_lease), in one atomic write where
+    /// the store can. The default makes the two calls one after the other; a release failing
+    /// after the transition applied is not an error, as a lease left on an ended run holds
+    /// nothing up (only `RUNNING` and `PAUSED` runs are taken over, and leases are owner-scoped).
+    async fn transition_and_release(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self
+            .transition_fenced(run_id, transition, events, owner)
+            .await?;
+        if matches!(outcome, TransitionOutcome::Applied(_)) {
+            // See above: the run has ended either way.
+            let _ = self.release_lease(run_id, owner).await;
+        }
+        Ok(outcome)
     }
 
     /// Notifications of what other processes write (PostgreSQL: LISTEN/NOTIFY), so that an

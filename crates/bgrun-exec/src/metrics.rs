@@ -160,6 +160,38 @@ impl Store for CountingStore {
         Ok(outcome)
     }
 
+    // Forwarded, not left to the defaults: the store's own may write in one step.
+    async fn lease_and_transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self
+            .inner
+            .lease_and_transition(run_id, transition, events, owner, ttl)
+            .await?;
+        self.count_transition(transition, events, &outcome);
+        Ok(outcome)
+    }
+
+    async fn transition_and_release(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        let outcome = self
+            .inner
+            .transition_and_release(run_id, transition, events, owner)
+            .await?;
+        self.count_transition(transition, events, &outcome);
+        Ok(outcome)
+    }
+
     async fn read_events(
         &self,
         run_id: &RunId,

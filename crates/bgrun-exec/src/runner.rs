@@ -139,10 +139,6 @@ async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch
         cancel_before_start(&inner, &active).await;
         return;
     }
-    if !take_lease(&inner, &active).await {
-        inner.log_discard(&active);
-        return;
-    }
     if record.status == RunStatus::Pending {
         let started = active.render(
             active.writer.next_index(),
@@ -153,6 +149,9 @@ async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch
             release_lease(&inner, &active).await;
             return;
         }
+    } else if !take_lease(&inner, &active).await {
+        inner.log_discard(&active);
+        return;
     }
     active.status.send_replace(RunStatus::Running);
 
@@ -204,12 +203,14 @@ async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch
         inner.log_discard(&active);
         return;
     }
-    finish(&inner, &active, RunStatus::Running, ending).await;
-    release_lease(&inner, &active).await;
+    if !finish(&inner, &active, RunStatus::Running, ending).await {
+        release_lease(&inner, &active).await;
+    }
 }
 
-/// `PENDING -> RUNNING` with the run's first event, in one store write. False when the run was
-/// no longer `PENDING` (cancelled meanwhile) or the store failed.
+/// `PENDING -> RUNNING` with the run's first event, and the run's lease where leases are used,
+/// in one store write. False when the run was no longer `PENDING` (cancelled meanwhile), is
+/// leased by another engine, or the store failed.
 async fn start_running(inner: &EngineInner, active: &ActiveRun, started: Event) -> bool {
     let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
     let index = started.index();
@@ -217,7 +218,24 @@ async fn start_running(inner: &EngineInner, active: &ActiveRun, started: Event) 
         return false;
     };
     let events = active.writer.take(usize::MAX);
-    match inner.transition(&active.run_id, &transition, &events).await {
+    let written = if inner.config.exclusive_store {
+        inner
+            .store
+            .transition(&active.run_id, &transition, &events)
+            .await
+    } else {
+        inner
+            .store
+            .lease_and_transition(
+                &active.run_id,
+                &transition,
+                &events,
+                &inner.config.owner,
+                inner.config.lease_ttl,
+            )
+            .await
+    };
+    match written {
         Ok(TransitionOutcome::Applied(_)) => {
             let _ = active.writer.mark_durable(index + 1);
             true
@@ -226,6 +244,12 @@ async fn start_running(inner: &EngineInner, active: &ActiveRun, started: Event) 
             tracing::info!(run_id = %active.run_id, %actual, "run left PENDING elsewhere");
             active.status.send_replace(actual);
             // The stream held an event the store refused: readers must go to the store.
+            inner.log.remove(&active.run_id);
+            inner.remove_active(&active.run_id);
+            false
+        }
+        Err(StoreError::Fenced { .. }) => {
+            tracing::info!(run_id = %active.run_id, "run is leased by another engine");
             inner.log.remove(&active.run_id);
             inner.remove_active(&active.run_id);
             false
@@ -300,9 +324,10 @@ pub(crate) fn terminal_event(
     )
 }
 
-/// Stores the run's end with its remaining events and its one terminal event in one write, then
-/// lets subscribers see them.
-async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending: Ending) {
+/// Stores the run's end with its remaining events and its one terminal event in one write (with
+/// the release of its lease, for a started run where leases are used), then lets subscribers
+/// see them. True when the lease was released with it.
+async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending: Ending) -> bool {
     let content = active.content();
     let (outcome, content, error, stage) = match ending {
         Ending::Completed(output) => (
@@ -339,7 +364,7 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
         .writer
         .push(|index| active.render(index, event_type, &fields));
     let Ok(terminal_index) = pushed else {
-        return;
+        return false;
     };
     let events = active.writer.take(usize::MAX);
     let transition = Transition {
@@ -350,11 +375,18 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
     };
     let mut backoff = Duration::from_millis(10);
     let mut attempts = 0;
+    // A run that never started holds no lease: its compare-and-set from PENDING is the guard. A
+    // started one writes its end only while it holds its lease, and lets go of it with it.
+    let releases = from != RunStatus::Pending && !inner.config.exclusive_store;
+    let mut released = false;
     let final_status = loop {
         attempts += 1;
-        // A run that never started holds no lease: its compare-and-set from PENDING is the
-        // guard. A started one writes its end only while it holds its lease.
-        let written = if from == RunStatus::Pending {
+        let written = if releases {
+            inner
+                .store
+                .transition_and_release(&active.run_id, &transition, &events, &inner.config.owner)
+                .await
+        } else if from == RunStatus::Pending {
             inner
                 .store
                 .transition(&active.run_id, &transition, &events)
@@ -365,6 +397,7 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
         match written {
             Ok(TransitionOutcome::Applied(_)) => {
                 let _ = active.writer.mark_durable(terminal_index + 1);
+                released = releases;
                 break outcome.status();
             }
             Ok(TransitionOutcome::Conflict { actual }) => {
@@ -396,6 +429,7 @@ async fn finish(inner: &EngineInner, active: &ActiveRun, from: RunStatus, ending
     active.writer.close();
     inner.remove_active(&active.run_id);
     active.status.send_replace(final_status);
+    released
 }
 
 /// Leases the run to this engine, unless the store serves this process alone (then nobody else

@@ -5,7 +5,8 @@
 //! write), so a writer's throughput fell with the number of writes a run makes. Here a batch of
 //! any size costs two round trips: the creates become one `INSERT .. SELECT FROM unnest(..)`, the
 //! lease grants one upsert, the releases one `DELETE`, the transitions and the appends each one
-//! compare-and-set `UPDATE` joined with the `INSERT` of their events.
+//! compare-and-set `UPDATE` joined with the `INSERT` of their events (and, for a transition
+//! that ends a run, the `DELETE` of its lease).
 //!
 //! Only commands whose outcome the set statements can decide take this path ([`is_fast`]): first
 //! attempts without an idempotency key, one per run in the batch. A command the statements did
@@ -137,6 +138,7 @@ struct Transitions<'a> {
     fences: Vec<Option<&'a str>>,
     first: Vec<Option<i64>>,
     last: Vec<Option<i64>>,
+    release: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -286,9 +288,19 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<R
                 transition,
                 events,
                 fence,
+                lease,
+                release,
                 token,
                 ..
             } => {
+                // The lease is taken by the lease statement, which runs first; if it is not
+                // granted, the transition's fence check fails and the command is declined.
+                if let (Some(ttl), Some(owner)) = (lease, fence) {
+                    leases.run_ids.push(run_id.as_str());
+                    leases.owners.push(owner);
+                    leases.ttl_secs.push(ttl.as_secs_f64());
+                }
+                transitions.release.push(*release && fence.is_some());
                 transitions.run_ids.push(run_id.as_str());
                 transitions.from.push(transition.from.as_str());
                 transitions.to.push(transition.to.as_str());
@@ -358,7 +370,7 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<R
         &creates.created_at,
         &creates.tokens,
     ];
-    let transition_params: [&(dyn ToSql + Sync); 15] = [
+    let transition_params: [&(dyn ToSql + Sync); 16] = [
         &transitions.run_ids,
         &transitions.from,
         &transitions.to,
@@ -374,6 +386,7 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<R
         &transition_events.indices,
         &transition_events.types,
         &transition_events.jsons,
+        &transitions.release,
     ];
     let append_params: [&(dyn ToSql + Sync); 9] = [
         &appends.run_ids,
@@ -530,8 +543,9 @@ impl Sql {
             transition: in_schema(&format!(
                 "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
                  $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], \
-                 $10::bigint[], $11::bigint[]) AS t(run_id, from_status, to_status, content, \
-                 error, stage, at, token, fence, first_index, last_index)), \
+                 $10::bigint[], $11::bigint[], $16::boolean[]) AS t(run_id, from_status, \
+                 to_status, content, error, stage, at, token, fence, first_index, last_index, \
+                 release)), \
                  {fenced}, \
                  changed AS (UPDATE {{s}}.runs AS r SET status = t.to_status, \
                  content = COALESCE(t.content, r.content), error = COALESCE(t.error, r.error), \
@@ -545,7 +559,10 @@ impl Sql {
                  RETURNING {r_columns}), \
                  stored AS ({insert_events}($12::text[], $13::bigint[], $14::text[], \
                  $15::text[]) AS e(run_id, event_index, event_type, json) \
-                 WHERE e.run_id IN (SELECT run_id FROM changed)) \
+                 WHERE e.run_id IN (SELECT run_id FROM changed)), \
+                 released AS (DELETE FROM {{s}}.leases AS l USING changed, t \
+                 WHERE l.run_id = changed.run_id AND t.run_id = changed.run_id AND t.release \
+                 AND l.owner = t.fence) \
                  SELECT * FROM changed"
             )),
             append: in_schema(&format!(

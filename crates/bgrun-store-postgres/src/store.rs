@@ -28,6 +28,16 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
 }
 
+/// What a transition does to the lease of the owner it is fenced by.
+#[derive(Debug, Clone, Copy)]
+enum Leasing {
+    Keep,
+    /// Take it (lasting this long) before the transition.
+    Take(Duration),
+    /// Drop it once the transition is applied.
+    Release,
+}
+
 /// What the operations share.
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
@@ -157,13 +167,14 @@ impl PostgresStore {
             .await
     }
 
-    /// `transition`, fenced by `owner` when given.
+    /// `transition`, fenced by `owner` when given, with the lease changes `leasing` asks for.
     async fn transition_as(
         &self,
         run_id: &RunId,
         transition: &Transition,
         events: &[Event],
         owner: Option<&str>,
+        leasing: Leasing,
     ) -> StoreResult<TransitionOutcome> {
         transition.from.check_transition(transition.to)?;
         events::check_contiguous(run_id, events)?;
@@ -174,6 +185,11 @@ impl PostgresStore {
                 transition: Box::new(transition.clone()),
                 events: events.to_vec(),
                 fence: owner.map(str::to_owned),
+                lease: match leasing {
+                    Leasing::Take(ttl) => Some(ttl),
+                    _ => None,
+                },
+                release: matches!(leasing, Leasing::Release),
                 token: runs::write_token(),
                 reply,
             })
@@ -253,7 +269,8 @@ impl Store for PostgresStore {
         transition: &Transition,
         events: &[Event],
     ) -> StoreResult<TransitionOutcome> {
-        self.transition_as(run_id, transition, events, None).await
+        self.transition_as(run_id, transition, events, None, Leasing::Keep)
+            .await
     }
 
     fn fences_writes(&self) -> bool {
@@ -276,7 +293,30 @@ impl Store for PostgresStore {
         events: &[Event],
         owner: &str,
     ) -> StoreResult<TransitionOutcome> {
-        self.transition_as(run_id, transition, events, Some(owner))
+        self.transition_as(run_id, transition, events, Some(owner), Leasing::Keep)
+            .await
+    }
+
+    async fn lease_and_transition(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<TransitionOutcome> {
+        self.transition_as(run_id, transition, events, Some(owner), Leasing::Take(ttl))
+            .await
+    }
+
+    async fn transition_and_release(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        self.transition_as(run_id, transition, events, Some(owner), Leasing::Release)
             .await
     }
 

@@ -61,7 +61,12 @@ pub(crate) enum Command {
         run_id: RunId,
         transition: Box<Transition>,
         events: Vec<Event>,
+        /// The lease owner the write is fenced by.
         fence: Option<String>,
+        /// Take the run's lease for `fence` (lasting this long) first.
+        lease: Option<Duration>,
+        /// Drop `fence`'s lease once the transition is applied.
+        release: bool,
         token: String,
         reply: Reply<TransitionOutcome>,
     },
@@ -143,20 +148,40 @@ impl Command {
                 transition,
                 events,
                 fence,
+                lease,
+                release,
                 token,
                 ..
-            } => runs::transition_in(
-                inner,
-                tx,
-                run_id,
-                transition,
-                events,
-                fence.as_deref(),
-                token,
-                attempt,
-            )
-            .await
-            .map(Output::Transitioned),
+            } => {
+                if let (Some(ttl), Some(owner)) = (lease, fence) {
+                    if let LeaseGrant::HeldBy(_) =
+                        lease::acquire_in(inner, tx, run_id, owner, *ttl).await?
+                    {
+                        return Err(StoreError::Fenced {
+                            run_id: run_id.clone(),
+                            owner: owner.clone(),
+                        }
+                        .into());
+                    }
+                }
+                let outcome = runs::transition_in(
+                    inner,
+                    tx,
+                    run_id,
+                    transition,
+                    events,
+                    fence.as_deref(),
+                    token,
+                    attempt,
+                )
+                .await?;
+                if let (true, Some(owner), TransitionOutcome::Applied(_)) =
+                    (release, fence, &outcome)
+                {
+                    lease::release_in(inner, tx, run_id, owner).await?;
+                }
+                Ok(Output::Transitioned(outcome))
+            }
             Self::AcquireLease {
                 run_id, owner, ttl, ..
             } => lease::acquire_in(inner, tx, run_id, owner, *ttl)

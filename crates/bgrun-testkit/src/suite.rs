@@ -55,6 +55,10 @@ pub async fn conformance(
         ("leases", on_fresh(harness, checks::leases)),
         ("fencing", on_fresh(harness, checks::fencing)),
         (
+            "leased_transitions",
+            on_fresh(harness, checks::leased_transitions),
+        ),
+        (
             "persistence",
             async move {
                 Ok(match checks::persistence(harness).await? {

@@ -29,6 +29,8 @@ enum Flaw {
     ZeroTtlLives,
     /// `cancel_requested` panics.
     PanicsOnCancelRequested,
+    /// `transition_and_release` keeps the lease.
+    KeepsLeaseAtEnd,
 }
 
 #[derive(Debug)]
@@ -137,6 +139,24 @@ impl Store for Broken {
 
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
         self.inner.orphaned_runs(limit).await
+    }
+
+    async fn transition_and_release(
+        &self,
+        run_id: &RunId,
+        transition: &Transition,
+        events: &[Event],
+        owner: &str,
+    ) -> StoreResult<TransitionOutcome> {
+        if self.flaw == Flaw::KeepsLeaseAtEnd {
+            return self
+                .inner
+                .transition_fenced(run_id, transition, events, owner)
+                .await;
+        }
+        self.inner
+            .transition_and_release(run_id, transition, events, owner)
+            .await
     }
 }
 
@@ -263,6 +283,14 @@ async fn a_store_whose_zero_ttl_leases_live_fails_leases() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_keeps_the_lease_at_the_end_fails_leased_transitions() {
+    let failures = failures(Flaw::KeepsLeaseAtEnd).await;
+    assert_eq!(failures.names(), ["leased_transitions"], "{failures}");
+    let message = failures.failure("leased_transitions").unwrap().message();
+    assert!(message.contains("released A's lease"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_store_fails_only_the_check_that_panicked() {
     let failures = failures(Flaw::PanicsOnCancelRequested).await;
     assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
@@ -275,7 +303,7 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 14 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 15 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;

@@ -15,7 +15,7 @@ mod status;
 
 pub use cancel::cancel_intents;
 pub use events::{append_and_read, append_races, append_rejections, concurrent_writers, large_log};
-pub use fencing::fencing;
+pub use fencing::{fencing, leased_transitions};
 pub use leases::leases;
 pub use list::list_paging;
 pub use persistence::{persistence, Persistence};
@@ -24,7 +24,7 @@ pub use status::{cas_races, transitions};
 
 /// The names of the checks, in the order [`conformance`](crate::conformance) runs them; failures
 /// and reports name checks this way.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     "create_and_get",
     "duplicates_and_idempotency",
     "transitions",
@@ -38,5 +38,6 @@ pub const NAMES: [&str; 14] = [
     "list_paging",
     "leases",
     "fencing",
+    "leased_transitions",
     "persistence",
 ];
