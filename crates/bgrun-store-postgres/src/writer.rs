@@ -1,9 +1,11 @@
 //! The writers: cross-run group commit of the hot writes.
 //!
 //! `create_run`, `transition`, `append_events` (fenced or not), `acquire_lease` and
-//! `release_lease` are sent as a [`Command`] to one of [`WRITERS`] writer tasks, chosen by the
-//! run id (so one run's writes are always executed in order by one writer, and two writers never
-//! wait for each other's row locks on one run). A writer takes the first queued command and every
+//! `release_lease` are sent as a [`Command`] to a writer task: creates to one of their own (so
+//! that starting a run never waits behind the batches of runs executing), the others to one of
+//! [`WRITERS`], chosen by the run id (so one run's writes are always executed in order by one
+//! writer, and two writers never wait for each other's row locks on one run; a run's first
+//! write after its create is only sent once the create is answered). A writer takes the first queued command and every
 //! other one already queued (up to [`MAX_BATCH`]) and executes them on its pooled connection:
 //! first the common-case commands as a few set-based statements in one transaction
 //! ([`crate::bulk`]: two round trips whatever the batch's size), then the rest command by
@@ -33,7 +35,8 @@ use crate::fault::{Attempt, Failure};
 use crate::store::Inner;
 use crate::{bulk, events, lease, runs};
 
-/// How many writer tasks (each using one pooled connection at a time).
+/// How many writer tasks for the writes after a run's create (each using one pooled connection
+/// at a time); creates have one more of their own.
 pub(crate) const WRITERS: usize = 4;
 
 /// The most commands one transaction takes.
@@ -250,20 +253,22 @@ pub(crate) struct Queued {
 /// The senders to the writer tasks; the tasks stop once these are dropped.
 pub(crate) struct Writers {
     senders: Vec<mpsc::Sender<Queued>>,
+    creates: mpsc::Sender<Queued>,
 }
 
 impl Writers {
     /// Starts the writer tasks. They hold `inner` weakly: the store's last clone going away
     /// drops the senders, which stops them.
     pub(crate) fn spawn(inner: &Weak<Inner>) -> Self {
-        let senders = (0..WRITERS)
-            .map(|_| {
-                let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-                tokio::spawn(serve(inner.clone(), receiver));
-                sender
-            })
-            .collect();
-        Self { senders }
+        let writer = || {
+            let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+            tokio::spawn(serve(inner.clone(), receiver));
+            sender
+        };
+        Self {
+            senders: (0..WRITERS).map(|_| writer()).collect(),
+            creates: writer(),
+        }
     }
 
     /// Sends the command that `make` builds around its reply to the run's writer, and waits
@@ -273,18 +278,19 @@ impl Writers {
         run_id: &RunId,
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> StoreResult<T> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        run_id.as_str().hash(&mut hasher);
-        let shard = (hasher.finish() % self.senders.len() as u64) as usize;
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             command: make(reply),
             attempt: 0,
         };
-        self.senders[shard]
-            .send(queued)
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let writer = if matches!(queued.command, Command::Create { .. }) {
+            &self.creates
+        } else {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            run_id.as_str().hash(&mut hasher);
+            &self.senders[(hasher.finish() % self.senders.len() as u64) as usize]
+        };
+        writer.send(queued).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
