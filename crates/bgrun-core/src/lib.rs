@@ -27,6 +27,7 @@ mod params;
 mod run;
 mod status;
 mod store;
+pub mod stream;
 mod target;
 
 pub use error::{InvalidInput, InvalidTransition, StoreError, StoreResult};

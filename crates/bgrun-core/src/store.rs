@@ -11,6 +11,10 @@ use crate::run::{
     CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp, Transition,
     TransitionOutcome,
 };
+use crate::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 
 /// A hint that another process changed something: a run's log grew, a cancel was requested. A
 /// notification is never the truth (it can be late, duplicated or lost); the store's tables
@@ -29,6 +33,11 @@ pub enum StoreNotification {
     Cancel {
         /// The run.
         run_id: RunId,
+    },
+    /// Durable stream `id` changed: appended to, closed or deleted.
+    Stream {
+        /// The stream.
+        id: StreamId,
     },
     /// Notifications may have been missed (a reconnect, a slow consumer): re-read everything
     /// of interest.
@@ -226,5 +235,84 @@ pub trait Store: Send + Sync + 'static {
     /// then look at the tables on a timer where they need to.
     fn notifications(&self) -> Option<NotificationStream> {
         None
+    }
+
+    // Durable streams (`bgrun_core::stream`). A store that keeps them overrides all of the
+    // methods below and [`supports_streams`](Store::supports_streams); the defaults refuse.
+
+    /// Whether this store keeps durable streams.
+    fn supports_streams(&self) -> bool {
+        false
+    }
+
+    /// Creates a stream, in one atomic write:
+    ///
+    /// - A live stream at the path: [`Existing`](CreateStreamOutcome::Existing) when
+    ///   [`NewStream::matches`] it, else [`Conflict`](CreateStreamOutcome::Conflict); nothing
+    ///   written either way.
+    /// - A soft-deleted stream at the path, or an expired one with forks (which this
+    ///   soft-deletes): [`PathGone`](CreateStreamOutcome::PathGone). An expired one without
+    ///   forks is deleted (as by [`delete_stream`](Store::delete_stream)) and the path is free.
+    /// - A fork whose source (by id) no longer exists:
+    ///   [`SourceMissing`](CreateStreamOutcome::SourceMissing); is soft-deleted:
+    ///   [`SourceGone`](CreateStreamOutcome::SourceGone). Otherwise the source's fork count
+    ///   goes up by one.
+    /// - The new stream's tail starts at the fork offset (0 when not a fork), its messages
+    ///   follow, one offset each; `created` and `last_access` are `now`.
+    async fn create_stream(&self, stream: NewStream) -> StoreResult<CreateStreamOutcome> {
+        let _ = stream;
+        Err(StoreError::Unsupported("durable streams"))
+    }
+
+    /// The stream living at `path` (soft-deleted or expired ones included: the caller decides
+    /// what they mean), or `None`.
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        let _ = path;
+        Err(StoreError::Unsupported("durable streams"))
+    }
+
+    /// Appends to the stream at `path` in one atomic write: reads the stream and, when a
+    /// producer writes, its state; asks [`plan_append`](crate::stream::plan_append); on `Err`
+    /// writes nothing and returns that outcome; on `Ok` writes the messages after the tail, one
+    /// offset each, applies the plan (producer state, closed, closer, `Stream-Seq`), sets
+    /// `last_access` to `append.now` and returns
+    /// [`Appended`](AppendOutcome::Appended).
+    async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
+        let _ = (path, append);
+        Err(StoreError::Unsupported("durable streams"))
+    }
+
+    /// Messages of stream `id` (soft-deleted ones included) with offsets after `after` and at
+    /// most `upto` (`None`: no bound), in order. Stops after the message that brings the total
+    /// size to `max_bytes` or more (so it returns at least one when there is one).
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        let _ = (id, after, upto, max_bytes);
+        Err(StoreError::Unsupported("durable streams"))
+    }
+
+    /// Deletes the stream at `path` (only if it is stream `only`, when given), in one atomic
+    /// write. One with forks is soft-deleted. One without is removed with its messages and
+    /// producers, and its source's fork count goes down by one; a soft-deleted source left
+    /// without forks is removed the same way, and so on up the chain.
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        let _ = (path, only);
+        Err(StoreError::Unsupported("durable streams"))
+    }
+
+    /// Records a read of stream `id` at `now` (a TTL counts from the last access); never moves
+    /// `last_access` back. A missing stream is not an error.
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        let _ = (id, now);
+        Err(StoreError::Unsupported("durable streams"))
     }
 }

@@ -124,6 +124,8 @@ pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     /// Readers of runs other engines execute.
     pub(crate) remote: crate::remote::RemoteRuns,
+    /// Durable streams, over the same store.
+    pub(crate) streams: crate::streams::Streams,
     metrics: Arc<crate::metrics::Counters>,
 }
 
@@ -214,8 +216,10 @@ impl Engine {
         config: EngineConfig,
     ) -> EngineResult<Self> {
         let metrics = Arc::new(crate::metrics::Counters::default());
+        let store = crate::metrics::CountingStore::wrap(store, metrics.clone());
         let inner = Arc::new(EngineInner {
-            store: crate::metrics::CountingStore::wrap(store, metrics.clone()),
+            streams: crate::streams::Streams::new(store.clone(), Arc::default()),
+            store,
             metrics,
             registry,
             log: EventLog::new(config.log.clone()),
@@ -237,6 +241,11 @@ impl Engine {
     /// The registered components.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The durable streams kept in this engine's store.
+    pub fn streams(&self) -> &crate::streams::Streams {
+        &self.inner.streams
     }
 
     /// The store under this engine.

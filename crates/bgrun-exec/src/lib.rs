@@ -62,6 +62,7 @@ mod remote;
 mod resume;
 mod runnable;
 mod runner;
+pub mod streams;
 pub mod workflow;
 
 pub use config::EngineConfig;

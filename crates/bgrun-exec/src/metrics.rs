@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bgrun_core::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 use bgrun_core::{
     CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord, RunStatus,
     Store, StoreResult, Timestamp, Transition, TransitionOutcome,
@@ -232,5 +236,43 @@ impl Store for CountingStore {
 
     fn notifications(&self) -> Option<bgrun_core::NotificationStream> {
         self.inner.notifications()
+    }
+
+    fn supports_streams(&self) -> bool {
+        self.inner.supports_streams()
+    }
+
+    async fn create_stream(&self, stream: NewStream) -> StoreResult<CreateStreamOutcome> {
+        self.inner.create_stream(stream).await
+    }
+
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        self.inner.stream_info(path).await
+    }
+
+    async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
+        self.inner.append_stream(path, append).await
+    }
+
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        self.inner.read_stream(id, after, upto, max_bytes).await
+    }
+
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        self.inner.delete_stream(path, only).await
+    }
+
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        self.inner.touch_stream(id, now).await
     }
 }

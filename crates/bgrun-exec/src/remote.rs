@@ -93,8 +93,10 @@ pub(crate) fn spawn_listener(engine: &Engine) {
                         active.cancel.cancel();
                     }
                 }
+                StoreNotification::Stream { id } => inner.streams.changed_elsewhere(id),
                 StoreNotification::Resync => {
                     inner.remote.wake_all();
+                    inner.streams.resync();
                     check_cancel_intents(&engine).await;
                 }
                 _ => {}

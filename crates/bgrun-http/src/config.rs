@@ -16,6 +16,12 @@ pub struct HttpConfig {
     /// An SSE stream sends the comment `: keepalive` after this long without an event.
     /// Default 15 s.
     pub keepalive: Duration,
+    /// The largest body of a Durable Streams create or append, in bytes; larger is 413.
+    /// Default 16 MiB (one append is one message, and messages can be large).
+    pub stream_body_limit: usize,
+    /// How long a Durable Streams long-poll read waits at the tail before it answers 204, and
+    /// how often an SSE read at the tail sends a control event. Default 10 s.
+    pub stream_long_poll: Duration,
     /// How long [`serve`](crate::serve) waits, once shutdown starts, for open requests to end
     /// before it returns anyway. Default 3 s.
     pub shutdown_timeout: Duration,
@@ -27,6 +33,8 @@ impl Default for HttpConfig {
             security_key: None,
             body_limit: 1024 * 1024,
             keepalive: Duration::from_secs(15),
+            stream_body_limit: 16 * 1024 * 1024,
+            stream_long_poll: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(3),
         }
     }
@@ -40,6 +48,8 @@ impl std::fmt::Debug for HttpConfig {
                 &self.security_key.as_ref().map(|_| "<redacted>"),
             )
             .field("body_limit", &self.body_limit)
+            .field("stream_body_limit", &self.stream_body_limit)
+            .field("stream_long_poll", &self.stream_long_poll)
             .field("keepalive", &self.keepalive)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()

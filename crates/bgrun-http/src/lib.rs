@@ -37,6 +37,7 @@
 
 mod auth;
 mod config;
+mod durable;
 mod error;
 mod forms;
 mod metrics;

@@ -30,6 +30,8 @@
 //!   refused write (a lost compare-and-set, an index conflict, a taken id) writes nothing, so it
 //!   fails alone while the rest of its batch commits.
 //! - Reads run on a small pool of read-only connections on tokio's blocking pool.
+//! - Durable streams live in the same file: a row per stream, its messages keyed by (stream,
+//!   offset), its idempotent producers; their writes share the writer's group commit.
 //! - One process per file: a lock on `<path>.lock`, held until the store is dropped, makes a
 //!   second opener (in any process) fail with
 //!   [`StoreError::Locked`](bgrun_core::StoreError::Locked).
@@ -41,6 +43,7 @@ mod ops;
 mod reader;
 mod schema;
 mod store;
+mod streams;
 mod writer;
 
 pub use store::{SqliteStore, WriteStats};

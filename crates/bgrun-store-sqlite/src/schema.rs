@@ -69,6 +69,55 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX leases_owner ON leases (owner, expires_at);
     "#,
+    // 2: durable streams, their messages and their idempotent producers.
+    r#"
+    -- One row per stream, live or soft-deleted; a path holds at most one (a soft-deleted stream
+    -- keeps its path until it is removed). AUTOINCREMENT: an id is never handed out again, so a
+    -- reader still holding a deleted stream's id never sees the messages of a later stream.
+    -- Times are Unix milliseconds. Producer epochs and sequence numbers, sub-offsets and TTLs
+    -- are client u64s kept bit for bit in an INTEGER (never compared in SQL).
+    CREATE TABLE streams (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        path             TEXT NOT NULL UNIQUE,
+        content_type     TEXT NOT NULL,
+        ttl_secs         INTEGER,
+        expires_at_text  TEXT,
+        expires_at       INTEGER,
+        created          INTEGER NOT NULL,
+        last_access      INTEGER NOT NULL,
+        tail             INTEGER NOT NULL,
+        closed           INTEGER NOT NULL,
+        closed_by_id     TEXT,
+        closed_by_epoch  INTEGER,
+        closed_by_seq    INTEGER,
+        last_stream_seq  TEXT,
+        fork_source_path TEXT,
+        fork_source_id   INTEGER,
+        fork_offset      INTEGER,
+        fork_sub_offset  INTEGER,
+        -- The fork's inherited segments, as JSON; fixed when the fork is created.
+        inherited        TEXT,
+        forks            INTEGER NOT NULL DEFAULT 0,
+        soft_deleted     INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- msg_offset: the stream's tail right after the message (OFFSET is an SQL keyword).
+    CREATE TABLE stream_messages (
+        stream_id  INTEGER NOT NULL,
+        msg_offset INTEGER NOT NULL,
+        data       BLOB NOT NULL,
+        PRIMARY KEY (stream_id, msg_offset)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE stream_producers (
+        stream_id   INTEGER NOT NULL,
+        producer_id TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        last_seq    INTEGER NOT NULL,
+        updated     INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, producer_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bgrun_core::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 use bgrun_core::{
     async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
     Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome, MAX_PAGE_SIZE,
@@ -14,6 +18,7 @@ use bgrun_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reader::{self, Readers};
+use crate::streams;
 use crate::writer::{self, Command, Reply, WriterStats};
 
 /// A [`Store`] in one SQLite file.
@@ -248,6 +253,68 @@ impl Store for SqliteStore {
         }
         self.readers
             .with(move |conn| reader::orphaned_runs(conn, limit))
+            .await
+    }
+
+    fn supports_streams(&self) -> bool {
+        true
+    }
+
+    async fn create_stream(&self, stream: NewStream) -> StoreResult<CreateStreamOutcome> {
+        self.write(|reply| Command::CreateStream {
+            stream: Box::new(stream),
+            reply,
+        })
+        .await
+    }
+
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        let path = path.to_owned();
+        self.readers
+            .with(move |conn| streams::info(conn, &path))
+            .await
+    }
+
+    async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
+        self.write(|reply| Command::AppendStream {
+            path: path.to_owned(),
+            append: Box::new(append),
+            reply,
+        })
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        if upto.is_some_and(|upto| upto <= after) {
+            // An empty range: no trip to a read connection.
+            return Ok(Vec::new());
+        }
+        self.readers
+            .with(move |conn| streams::read(conn, id, after, upto, max_bytes))
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        self.write(|reply| Command::DeleteStream {
+            path: path.to_owned(),
+            only,
+            reply,
+        })
+        .await
+    }
+
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        self.write(|reply| Command::TouchStream { id, now, reply })
             .await
     }
 }

@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bgrun_core::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId,
+};
 use bgrun_core::{
     now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Timestamp,
     Transition, TransitionOutcome,
@@ -27,7 +31,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lock::FileLock;
-use crate::{ops, schema};
+use crate::{ops, schema, streams};
 
 /// The most commands one transaction takes.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -147,6 +151,29 @@ pub(crate) enum Command {
         owner: String,
         reply: Reply<()>,
     },
+    /// `Store::create_stream`.
+    CreateStream {
+        stream: Box<NewStream>,
+        reply: Reply<CreateStreamOutcome>,
+    },
+    /// `Store::append_stream`.
+    AppendStream {
+        path: String,
+        append: Box<StreamAppend>,
+        reply: Reply<AppendOutcome>,
+    },
+    /// `Store::delete_stream`.
+    DeleteStream {
+        path: String,
+        only: Option<StreamId>,
+        reply: Reply<DeleteStreamOutcome>,
+    },
+    /// `Store::touch_stream`.
+    TouchStream {
+        id: StreamId,
+        now: Millis,
+        reply: Reply<()>,
+    },
 }
 
 /// A command's result, held until the batch commits.
@@ -158,6 +185,9 @@ enum Done {
     Transition(Reply<TransitionOutcome>, StoreResult<TransitionOutcome>),
     Lease(Reply<LeaseGrant>, StoreResult<LeaseGrant>),
     Count(Reply<u64>, StoreResult<u64>),
+    CreateStream(Reply<CreateStreamOutcome>, StoreResult<CreateStreamOutcome>),
+    AppendStream(Reply<AppendOutcome>, StoreResult<AppendOutcome>),
+    DeleteStream(Reply<DeleteStreamOutcome>, StoreResult<DeleteStreamOutcome>),
 }
 
 fn send<T>(reply: Reply<T>, result: StoreResult<T>, failed_commit: Option<&str>) {
@@ -181,6 +211,9 @@ impl Done {
             Self::Transition(reply, result) => send(reply, result, failed_commit),
             Self::Lease(reply, result) => send(reply, result, failed_commit),
             Self::Count(reply, result) => send(reply, result, failed_commit),
+            Self::CreateStream(reply, result) => send(reply, result, failed_commit),
+            Self::AppendStream(reply, result) => send(reply, result, failed_commit),
+            Self::DeleteStream(reply, result) => send(reply, result, failed_commit),
         }
     }
 }
@@ -430,6 +463,34 @@ impl Writer {
                     ops::release_lease(conn, &run_id, &owner)
                 }),
             ),
+            Command::CreateStream { stream, reply } => Done::CreateStream(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| {
+                    streams::create(conn, *stream)
+                }),
+            ),
+            Command::AppendStream {
+                path,
+                append,
+                reply,
+            } => Done::AppendStream(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| {
+                    streams::append(conn, &path, &append)
+                }),
+            ),
+            Command::DeleteStream { path, only, reply } => Done::DeleteStream(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| {
+                    streams::delete(conn, &path, only)
+                }),
+            ),
+            Command::TouchStream { id, now, reply } => Done::Unit(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| {
+                    streams::touch(conn, id, now)
+                }),
+            ),
         };
         self.done.push(done);
         broken.map_or(Ok(()), Err)
@@ -478,10 +539,14 @@ fn failed_command(command: Command) -> Done {
         Command::Create { reply, .. } => Done::Create(reply, failed()),
         Command::Append { reply, .. }
         | Command::RequestCancel { reply, .. }
-        | Command::ReleaseLease { reply, .. } => Done::Unit(reply, failed()),
+        | Command::ReleaseLease { reply, .. }
+        | Command::TouchStream { reply, .. } => Done::Unit(reply, failed()),
         Command::Transition { reply, .. } => Done::Transition(reply, failed()),
         Command::AcquireLease { reply, .. } => Done::Lease(reply, failed()),
         Command::RenewLeases { reply, .. } => Done::Count(reply, failed()),
+        Command::CreateStream { reply, .. } => Done::CreateStream(reply, failed()),
+        Command::AppendStream { reply, .. } => Done::AppendStream(reply, failed()),
+        Command::DeleteStream { reply, .. } => Done::DeleteStream(reply, failed()),
     }
 }
 
@@ -716,5 +781,101 @@ mod tests {
             )
             .unwrap();
         assert_eq!(key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn stream_writes_in_one_batch_see_each_other() {
+        use bgrun_core::stream::ProducerClaim;
+
+        let (_dir, mut writer) = writer();
+        let stream = NewStream {
+            path: "s".into(),
+            content_type: "text/plain".into(),
+            expiry: None,
+            closed: false,
+            fork: None,
+            messages: vec![bytes::Bytes::from_static(b"a")],
+            now: 1,
+        };
+        let produced = |seq| StreamAppend {
+            messages: vec![bytes::Bytes::from_static(b"b")],
+            producer: Some(ProducerClaim {
+                id: "p".into(),
+                epoch: 0,
+                seq,
+            }),
+            now: 2,
+            ..StreamAppend::default()
+        };
+        let (create, mut created) = oneshot::channel();
+        let (first, mut appended) = oneshot::channel();
+        let (retry, mut retried) = oneshot::channel();
+        let (delete, mut deleted) = oneshot::channel();
+        let (again, mut created_again) = oneshot::channel();
+        writer.execute(&mut vec![
+            Command::CreateStream {
+                stream: Box::new(stream.clone()),
+                reply: create,
+            },
+            Command::AppendStream {
+                path: "s".into(),
+                append: Box::new(produced(0)),
+                reply: first,
+            },
+            Command::AppendStream {
+                path: "s".into(),
+                append: Box::new(produced(0)),
+                reply: retry,
+            },
+            Command::DeleteStream {
+                path: "s".into(),
+                only: None,
+                reply: delete,
+            },
+            Command::CreateStream {
+                stream: Box::new(stream),
+                reply: again,
+            },
+        ]);
+        assert_eq!(writer.stats.batches.load(Ordering::Relaxed), 1);
+        let CreateStreamOutcome::Created(first_stream) = created.try_recv().unwrap().unwrap()
+        else {
+            panic!("the first create did not create");
+        };
+        let two = bgrun_core::stream::StreamOffset::new(2);
+        assert_eq!(
+            appended.try_recv().unwrap().unwrap(),
+            AppendOutcome::Appended {
+                tail: two,
+                closed: false
+            }
+        );
+        assert_eq!(
+            retried.try_recv().unwrap().unwrap(),
+            AppendOutcome::Duplicate {
+                tail: two,
+                last_seq: 0,
+                closed: false
+            }
+        );
+        assert_eq!(
+            deleted.try_recv().unwrap().unwrap(),
+            DeleteStreamOutcome::Deleted
+        );
+        let CreateStreamOutcome::Created(second_stream) =
+            created_again.try_recv().unwrap().unwrap()
+        else {
+            panic!("the path was not free again");
+        };
+        assert!(second_stream.id > first_stream.id);
+        let rows: i64 = writer
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM stream_messages WHERE stream_id = ?1",
+                [first_stream.id.get()],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn build(state: AppState) -> Router {
             "/{kind}/{id}/runs/{run_id}/resume",
             post(resume::post).get(resume::get),
         )
+        .merge(crate::durable::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_key,

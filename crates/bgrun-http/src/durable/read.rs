@@ -1,0 +1,456 @@
+//! Reads: `HEAD`, catch-up `GET`, `live=long-poll` and `live=sse`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bgrun_core::stream::{media_type, StreamExpiry, StreamInfo, StreamMessage, StreamOffset};
+use bgrun_exec::streams::{json, StreamError, Streams};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::{
+    bad_request, cursor, value, CLOSED, CURSOR, EXPIRES_AT, NEXT_OFFSET, SSE_ENCODING, TTL,
+    UP_TO_DATE,
+};
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+/// The most message bytes one catch-up response (or one SSE read) carries.
+pub(crate) const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// How a `GET` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// Catch-up: what is there now.
+    No,
+    /// Wait at the tail for the next message.
+    LongPoll,
+    /// Server-sent events, catch-up then live.
+    Sse,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// `-1` or no offset: the beginning.
+    Beginning,
+    /// `now`: the tail.
+    Now,
+    /// After this offset.
+    After(StreamOffset),
+}
+
+/// A `GET`'s query: `offset`, `live`, `cursor` (other parameters are ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadQuery {
+    pub(crate) start: Start,
+    /// The offset as the client wrote it (for the ETag).
+    pub(crate) start_text: String,
+    pub(crate) offset_given: bool,
+    pub(crate) live: Live,
+    pub(crate) cursor: Option<String>,
+}
+
+pub(crate) fn parse_query(query: Option<&str>) -> ApiResult<ReadQuery> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|error| bad_request(format!("invalid query: {error}")))?;
+    let mut offsets = pairs.iter().filter(|(name, _)| name == "offset");
+    let offset = offsets.next().map(|(_, value)| value.as_str());
+    if offsets.next().is_some() {
+        return Err(bad_request("give one offset parameter"));
+    }
+    let start = match offset {
+        None | Some("-1") => Start::Beginning,
+        Some("") => return Err(bad_request("the offset parameter is empty")),
+        Some("now") => Start::Now,
+        Some(offset) => {
+            Start::After(StreamOffset::parse(offset).map_err(|_| bad_request("invalid offset"))?)
+        }
+    };
+    let live = match pairs.iter().find(|(name, _)| name == "live") {
+        Some((_, mode)) if mode == "long-poll" => Live::LongPoll,
+        Some((_, mode)) if mode == "sse" => Live::Sse,
+        _ => Live::No,
+    };
+    if live != Live::No && offset.is_none() {
+        return Err(bad_request("live reads need an offset parameter"));
+    }
+    Ok(ReadQuery {
+        start,
+        start_text: offset.unwrap_or("-1").to_owned(),
+        offset_given: offset.is_some(),
+        live,
+        cursor: pairs
+            .iter()
+            .find(|(name, _)| name == "cursor")
+            .map(|(_, cursor)| cursor.clone()),
+    })
+}
+
+/// `HEAD`: the stream's metadata, never cached, no body.
+pub(super) async fn head(state: &AppState, path: &str) -> ApiResult<Response> {
+    let info = state.engine.streams().get(path).await?;
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    out.insert(NEXT_OFFSET, value(info.tail.to_string()));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out.insert(header::CONTENT_TYPE, value(&info.content_type));
+    if info.closed {
+        out.insert(CLOSED, value("true"));
+    }
+    match &info.expiry {
+        Some(StreamExpiry::Ttl { secs }) => {
+            out.insert(TTL, value(secs.to_string()));
+        }
+        Some(StreamExpiry::At { text, .. }) => {
+            out.insert(EXPIRES_AT, value(text));
+        }
+        None => {}
+    }
+    out.insert(header::ETAG, etag(&info, "-1", info.tail, info.closed));
+    Ok(response)
+}
+
+/// The ETag of a read: the stream, where the read started and ended, and whether it saw the
+/// end of a closed stream. A deleted and re-created path gets other ETags.
+fn etag(info: &StreamInfo, start: &str, end: StreamOffset, closed: bool) -> HeaderValue {
+    value(format!(
+        "\"{}:{start}:{end}{}\"",
+        info.id,
+        if closed { ":c" } else { "" }
+    ))
+}
+
+fn is_json(info: &StreamInfo) -> bool {
+    media_type(&info.content_type) == json::JSON
+}
+
+/// A response body of messages: a JSON stream's values as one array, else the bytes in order.
+fn body(info: &StreamInfo, messages: &[StreamMessage]) -> Bytes {
+    if is_json(info) {
+        Bytes::from(json::array(messages.iter().map(|m| &m.data[..])))
+    } else if messages.len() == 1 {
+        messages[0].data.clone()
+    } else {
+        let mut out = BytesMut::with_capacity(messages.iter().map(|m| m.data.len()).sum());
+        for message in messages {
+            out.put_slice(&message.data);
+        }
+        out.freeze()
+    }
+}
+
+/// `GET`.
+pub(super) async fn get(
+    state: &AppState,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let streams = state.engine.streams();
+    let mut info = streams.get(path).await?;
+    let query = parse_query(query)?;
+    streams.touch(&info).await?;
+    if query.live == Live::Sse {
+        return Ok(sse(state, path, info, &query));
+    }
+    let after = match query.start {
+        Start::Beginning => StreamOffset::ZERO,
+        Start::Now => info.tail,
+        Start::After(offset) => offset,
+    };
+    if query.start == Start::Now && query.live == Live::No {
+        let mut response = (
+            StatusCode::OK,
+            if is_json(&info) { "[]" } else { "" }.to_owned(),
+        )
+            .into_response();
+        let out = response.headers_mut();
+        out.insert(header::CONTENT_TYPE, value(&info.content_type));
+        out.insert(NEXT_OFFSET, value(info.tail.to_string()));
+        out.insert(UP_TO_DATE, value("true"));
+        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if info.closed {
+            out.insert(CLOSED, value("true"));
+        }
+        return Ok(response);
+    }
+    let mut messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+    let mut cursor_header = None;
+    if query.live == Live::LongPoll {
+        cursor_header = Some(cursor::respond(query.cursor.as_deref()));
+        if messages.is_empty() && after >= info.tail {
+            let waited = if info.closed {
+                None
+            } else {
+                Some(
+                    streams
+                        .wait(path, after, state.config.stream_long_poll)
+                        .await?,
+                )
+            };
+            match waited {
+                Some(waited) if !waited.timed_out && waited.info.tail > after => {
+                    info = waited.info;
+                    messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+                }
+                waited => {
+                    let closed = waited.map_or(info.closed, |w| w.info.closed);
+                    let mut out = HeaderMap::new();
+                    out.insert(NEXT_OFFSET, value(after.to_string()));
+                    out.insert(UP_TO_DATE, value("true"));
+                    out.insert(CURSOR, value(cursor_header.unwrap_or_default()));
+                    if closed {
+                        out.insert(CLOSED, value("true"));
+                    }
+                    return Ok((StatusCode::NO_CONTENT, out).into_response());
+                }
+            }
+        }
+    }
+    let next = messages.last().map_or(info.tail, |m| m.offset);
+    let up_to_date = next >= info.tail;
+    let at_closed_end = info.closed && up_to_date;
+    let etag = etag(&info, &query.start_text, next, at_closed_end);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|asked| asked == etag)
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let mut response = (StatusCode::OK, body(&info, &messages)).into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, value(&info.content_type));
+    out.insert(NEXT_OFFSET, value(next.to_string()));
+    out.insert(header::ETAG, etag);
+    if up_to_date {
+        out.insert(UP_TO_DATE, value("true"));
+    } else {
+        // A range short of the tail never changes: caches may keep it.
+        out.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300"),
+        );
+    }
+    if at_closed_end {
+        out.insert(CLOSED, value("true"));
+    }
+    if let Some(cursor) = cursor_header {
+        out.insert(CURSOR, value(cursor));
+    }
+    Ok(response)
+}
+
+/// How SSE `data:` payloads are written.
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    /// A JSON stream: each message as an array of its values.
+    Json,
+    /// A text stream: the message's text.
+    Text,
+    /// Any other: base64 (announced in `Stream-SSE-Data-Encoding`).
+    Base64,
+}
+
+/// Appends one SSE event; every line of the payload becomes a `data:` line, so a payload can
+/// never end the event early or inject one (CR, LF and CRLF all split lines).
+pub(super) fn push_event(out: &mut BytesMut, event: &str, payload: &str) {
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_u8(b'\n');
+    let mut rest = payload;
+    loop {
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        out.put_slice(b"data:");
+        out.put_slice(&rest.as_bytes()[..end]);
+        out.put_u8(b'\n');
+        if end == rest.len() {
+            break;
+        }
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
+    }
+    out.put_u8(b'\n');
+}
+
+/// One `data` event holding `messages` (a JSON stream's as one array), so that every data
+/// event is followed by the control event that gives its end offset.
+fn push_data(out: &mut BytesMut, encoding: Encoding, messages: &[StreamMessage]) {
+    let bytes = || {
+        let mut all = Vec::with_capacity(messages.iter().map(|m| m.data.len()).sum());
+        for message in messages {
+            all.extend_from_slice(&message.data);
+        }
+        all
+    };
+    let payload = match encoding {
+        Encoding::Json => {
+            String::from_utf8_lossy(&json::array(messages.iter().map(|m| &m.data[..]))).into_owned()
+        }
+        Encoding::Text => String::from_utf8_lossy(&bytes()).into_owned(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(bytes()),
+    };
+    push_event(out, "data", &payload);
+}
+
+pub(super) fn push_control(
+    out: &mut BytesMut,
+    next: StreamOffset,
+    closed: bool,
+    up_to_date: bool,
+    cursor: Option<&str>,
+) {
+    let mut control = serde_json::Map::new();
+    control.insert("streamNextOffset".into(), next.to_string().into());
+    if closed {
+        control.insert("streamClosed".into(), true.into());
+    } else {
+        if let Some(cursor) = cursor {
+            control.insert("streamCursor".into(), cursor.into());
+        }
+        if up_to_date {
+            control.insert("upToDate".into(), true.into());
+        }
+    }
+    push_event(
+        out,
+        "control",
+        &serde_json::Value::Object(control).to_string(),
+    );
+}
+
+/// `live=sse`: catch-up, then the live tail, as `data` and `control` events; ends after the
+/// final control event of a closed stream, or when the server shuts down.
+fn sse(state: &AppState, path: &str, info: StreamInfo, query: &ReadQuery) -> Response {
+    let encoding = if is_json(&info) {
+        Encoding::Json
+    } else if media_type(&info.content_type).starts_with("text/") {
+        Encoding::Text
+    } else {
+        Encoding::Base64
+    };
+    let start = match query.start {
+        Start::Beginning => StreamOffset::ZERO,
+        Start::Now => info.tail,
+        Start::After(offset) => offset,
+    };
+    let streams = state.engine.streams().clone();
+    let path = path.to_owned();
+    let client_cursor = query.cursor.clone();
+    let timeout = state.config.stream_long_poll;
+    let shutdown = state.shutdown.clone();
+    let events = futures::stream::unfold(
+        Some((info, start, false)),
+        move |state| {
+            let streams = streams.clone();
+            let path = path.clone();
+            let client_cursor = client_cursor.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let (info, after, waited) = state?;
+                let step = tokio::select! {
+                    step = sse_step(&streams, &path, info, after, waited, timeout, encoding, client_cursor.as_deref()) => step,
+                    () = shutdown.cancelled() => return None,
+                };
+                match step {
+                    Ok((chunk, next)) => Some((Ok::<Bytes, std::io::Error>(chunk), next)),
+                    Err(error) => {
+                        tracing::debug!(%error, "an SSE stream read ended");
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .boxed();
+    let mut response = Response::new(Body::from_stream(events));
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if matches!(encoding, Encoding::Base64) {
+        out.insert(SSE_ENCODING, value("base64"));
+    }
+    response
+}
+
+/// One step of an SSE stream: what is there after `after` (waiting first when the last step
+/// left the reader at the tail), as events; the state of the next step, `None` at the end.
+#[allow(clippy::too_many_arguments)]
+async fn sse_step(
+    streams: &Streams,
+    path: &str,
+    mut info: StreamInfo,
+    after: StreamOffset,
+    wait_first: bool,
+    timeout: Duration,
+    encoding: Encoding,
+    client_cursor: Option<&str>,
+) -> Result<(Bytes, Option<(StreamInfo, StreamOffset, bool)>), StreamError> {
+    let mut out = BytesMut::new();
+    if wait_first {
+        let waited = streams.wait(path, after, timeout).await?;
+        info = waited.info;
+        streams.touch(&info).await?;
+        if waited.timed_out && !info.closed {
+            // A keepalive that also tells caches the reader is still at the tail.
+            let cursor = cursor::respond(client_cursor);
+            push_control(&mut out, after, false, true, Some(&cursor));
+            return Ok((out.freeze(), Some((info, after, true))));
+        }
+    }
+    let messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+    if !messages.is_empty() {
+        push_data(&mut out, encoding, &messages);
+    }
+    let next = messages.last().map_or(info.tail, |m| m.offset);
+    let at_tail = next >= info.tail;
+    if info.closed && at_tail {
+        push_control(&mut out, next, true, false, None);
+        return Ok((out.freeze(), None));
+    }
+    let cursor = cursor::respond(client_cursor);
+    push_control(&mut out, next, false, at_tail, Some(&cursor));
+    Ok((out.freeze(), Some((info, next, at_tail))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: &str) -> String {
+        let mut out = BytesMut::new();
+        push_event(&mut out, "data", payload);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn every_line_of_a_payload_is_a_data_line() {
+        assert_eq!(event("a"), "event: data\ndata:a\n\n");
+        assert_eq!(
+            event("a\r\nevent: x\rdata: y\nz"),
+            "event: data\ndata:a\ndata:event: x\ndata:data: y\ndata:z\n\n"
+        );
+        assert_eq!(event(""), "event: data\ndata:\n\n");
+    }
+
+    #[test]
+    fn queries_are_checked() {
+        assert!(parse_query(Some("offset=")).is_err());
+        assert!(parse_query(Some("offset=1_1&offset=1_2")).is_err());
+        assert!(parse_query(Some("offset=1,2")).is_err());
+        assert!(parse_query(Some("live=sse")).is_err());
+        let query = parse_query(Some("offset=now&live=long-poll&x=y")).unwrap();
+        assert_eq!((query.start, query.live), (Start::Now, Live::LongPoll));
+        assert_eq!(parse_query(None).unwrap().start, Start::Beginning);
+    }
+}
