@@ -66,6 +66,8 @@ struct Outcome {
     counts: Option<Counts>,
     summary: Vec<String>,
     log: PathBuf,
+    /// The npm client test against the same server (`None`: not run, as with `--url`).
+    client: Option<Result<String, String>>,
 }
 
 pub fn ds_conformance(args: &[String]) -> Result<()> {
@@ -107,8 +109,9 @@ pub fn ds_conformance(args: &[String]) -> Result<()> {
     println!("\nDurable Streams conformance ({SUITE_PACKAGE}@{SUITE_VERSION}):");
     let mut all_passed = true;
     for outcome in &outcomes {
+        let client_ok = !matches!(outcome.client, Some(Err(_)));
         let verdict = match outcome.counts {
-            Some(counts) if outcome.exit_ok && counts.failed == 0 => "PASS",
+            Some(counts) if outcome.exit_ok && counts.failed == 0 && client_ok => "PASS",
             _ => "FAIL",
         };
         all_passed &= verdict == "PASS";
@@ -126,6 +129,11 @@ pub fn ds_conformance(args: &[String]) -> Result<()> {
             println!("      {line}");
         }
         println!("      full output: {}", outcome.log.display());
+        match &outcome.client {
+            Some(Ok(report)) => println!("      npm client ({CLIENT_DIR}): {report}"),
+            Some(Err(why)) => println!("      npm client ({CLIENT_DIR}) FAILED: {why}"),
+            None => {}
+        }
     }
     if !all_passed {
         bail!("ds-conformance: the suite failed");
@@ -133,18 +141,63 @@ pub fn ds_conformance(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Writes the pinning `package.json` and runs `npm install`; returns the suite's runner.
-fn install_suite(dir: &Path) -> Result<PathBuf> {
-    for tool in ["node", "npm"] {
-        let found = Command::new(tool)
+/// The npm client test, in the repository (its `package.json` pins the client).
+const CLIENT_DIR: &str = "tests/ds-client";
+/// Its script.
+const CLIENT_SCRIPT: &str = "resume-run.mjs";
+
+/// Runs the npm client test (a live run read through `@durable-streams/client`, resumed by
+/// offset) against `base`: installed into `target/ds-client` (copied there so node_modules stay
+/// out of the tree). `Ok` with its report, `Err` with why it failed.
+fn run_client_test(base: &str) -> Result<String, String> {
+    let source = root().join(CLIENT_DIR);
+    let dir = root().join("target/ds-client");
+    let prepare = || -> Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        for file in ["package.json", CLIENT_SCRIPT] {
+            std::fs::copy(source.join(file), dir.join(file))
+                .with_context(|| format!("copying {CLIENT_DIR}/{file}"))?;
+        }
+        run(
+            "npm install (the Durable Streams client)",
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+        )
+    };
+    prepare().map_err(|error| format!("{error:#}"))?;
+    eprintln!("\n== npm client test against {base}");
+    let output = Command::new("node")
+        .arg(CLIENT_SCRIPT)
+        .arg(base)
+        .current_dir(&dir)
+        .output()
+        .map_err(|error| format!("starting node: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if output.status.success() {
+        Ok(stdout.replace('\n', "; "))
+    } else {
+        Err(format!("{}\n{stdout}\n{stderr}", output.status))
+    }
+}
+
+/// Whether `node` and `npm` are on PATH (`cargo xtask test-all` runs the suite only then).
+pub fn node_available() -> bool {
+    ["node", "npm"].iter().all(|tool| {
+        Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            bail!("ds-conformance needs `{tool}` on PATH (Node.js 18 or later)");
-        }
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// Writes the pinning `package.json` and runs `npm install`; returns the suite's runner.
+fn install_suite(dir: &Path) -> Result<PathBuf> {
+    if !node_available() {
+        bail!("ds-conformance needs `node` and `npm` on PATH (Node.js 18 or later)");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let manifest = serde_json::json!({
@@ -220,7 +273,10 @@ fn against_bgrun(
         }
     };
     let mut server = Server::start(bgrun, dir, store, &database_url, schema.as_deref())?;
-    let outcome = run_suite(suite, dir, &server.base, store, verbose);
+    let outcome = run_suite(suite, dir, &server.base, store, verbose).map(|mut outcome| {
+        outcome.client = Some(run_client_test(&server.base));
+        outcome
+    });
     server.stop();
     if let Some(schema) = &schema {
         drop_schema(&database_url, schema);
@@ -312,6 +368,7 @@ fn run_suite(suite: &Path, dir: &Path, base: &str, label: &str, verbose: bool) -
         counts,
         summary,
         log: log_path,
+        client: None,
     })
 }
 

@@ -5,6 +5,9 @@
 //! - `cargo xtask bench [--quick]`: the benchmarks; a table on stdout and the rows as JSON in
 //!   `target/bench/latest.json`.
 //! - `cargo xtask pg`: a throwaway PostgreSQL cluster, its URL printed, until Ctrl-C.
+//! - `cargo xtask ds-conformance [--store sqlite|postgres|all] [--url BASE]`: the official
+//!   Durable Streams conformance suite and the npm client test against `bgrun serve` (test-all
+//!   runs it when `node` is on PATH).
 
 mod ds;
 mod pg;
@@ -22,7 +25,7 @@ fn main() {
         Some("pg") => pg_forever(),
         Some("ds-conformance") => ds::ds_conformance(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test-all | bench [--quick] | pg>");
+            eprintln!("usage: cargo xtask <test-all | bench [--quick] | pg | ds-conformance>");
             std::process::exit(2);
         }
     };
@@ -78,6 +81,15 @@ fn test_all() -> Result<()> {
             .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
             .env(pg::URL_VAR, &url),
     )?;
+    if ds::node_available() {
+        eprintln!("\n== Durable Streams conformance (node is on PATH)");
+        ds::ds_conformance(&[])?;
+    } else {
+        eprintln!(
+            "\n== SKIPPED: the Durable Streams conformance suite and npm client test \
+             (`node` and `npm` are not on PATH; install Node.js 18+ to run them)"
+        );
+    }
     eprintln!("\ntest-all: every step passed");
     Ok(())
 }

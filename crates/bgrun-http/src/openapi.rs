@@ -171,6 +171,84 @@ fn kind_paths(kind: RunKind, paths: &mut Map<String, Value>) {
     );
 }
 
+/// `errors` and then `answers`.
+fn responses<const N: usize>(errors: &Map<String, Value>, answers: [(&str, Value); N]) -> Value {
+    let mut all = errors.clone();
+    for (code, answer) in answers {
+        all.insert(code.to_owned(), answer);
+    }
+    Value::Object(all)
+}
+
+/// The Durable Streams routes (`/v1/stream`); their contract is the protocol's, so the
+/// document names status codes and headers only in summaries.
+fn stream_paths(paths: &mut Map<String, Value>) {
+    let tag = ["streams"];
+    let path = path_param("path", "the stream's path (may contain slashes)");
+    let offset = query_param(
+        "offset",
+        json!({"type": "string"}),
+        "`-1`, `now` or an offset the server gave",
+    );
+    let live = query_param(
+        "live",
+        json!({"type": "string", "enum": ["long-poll", "sse"]}),
+        "live mode",
+    );
+    let cursor = query_param(
+        "cursor",
+        json!({"type": "string"}),
+        "the last Stream-Cursor",
+    );
+    let bytes = |description: &str| json!({"description": description, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}});
+    let none = |description: &str| json!({"description": description});
+    let errors = errors(&[
+        ("400", "invalid header, offset or body"),
+        ("401", "missing or wrong bearer token"),
+        ("403", "stale producer epoch"),
+        ("404", "no such stream"),
+        (
+            "409",
+            "configuration, content type, sequence or closed-stream conflict",
+        ),
+        ("410", "deleted while forked"),
+        ("413", "body larger than the limit"),
+    ]);
+    paths.insert(
+        "/v1/stream/{path}".into(),
+        json!({
+            "put": {"tags": tag, "operationId": "create_stream", "summary": "Create (or fork) a stream; idempotent for the same configuration",
+                "parameters": [path], "requestBody": {"required": false, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": responses(&errors, [("201", none("created")), ("200", none("existed with the same configuration"))])},
+            "post": {"tags": tag, "operationId": "append_stream", "summary": "Append a message, close the stream, or both",
+                "parameters": [path], "requestBody": {"required": false, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": responses(&errors, [("200", none("appended by an idempotent producer")), ("204", none("appended, closed, or a duplicate"))])},
+            "get": {"tags": tag, "operationId": "read_stream", "summary": "Read: catch-up, long-poll or SSE",
+                "parameters": [path, offset, live, cursor],
+                "responses": responses(&errors, [
+                    ("200", bytes("messages (a JSON stream's as one array), or SSE")),
+                    ("204", none("long-poll timed out or the stream is closed")),
+                    ("304", none("not modified (If-None-Match)")),
+                ])},
+            "head": {"tags": tag, "operationId": "stream_metadata", "summary": "The stream's metadata in headers",
+                "parameters": [path], "responses": with(errors.clone(), "200", none("metadata"))},
+            "delete": {"tags": tag, "operationId": "delete_stream", "summary": "Delete (soft-delete while forked)",
+                "parameters": [path], "responses": with(errors.clone(), "204", none("deleted"))},
+        }),
+    );
+    let run = path_param("run_id", "the run id");
+    paths.insert(
+        "/v1/stream/runs/{run_id}".into(),
+        json!({
+            "get": {"tags": tag, "operationId": "read_run_stream", "summary": "A run's events as a read-only JSON stream",
+                "parameters": [run, offset, live, cursor],
+                "responses": with(errors.clone(), "200", bytes("the events after the offset as a JSON array, or SSE"))},
+            "head": {"tags": tag, "operationId": "run_stream_metadata", "summary": "A run's stream metadata in headers",
+                "parameters": [run], "responses": with(errors, "200", none("metadata"))},
+        }),
+    );
+}
+
 fn schemas() -> Value {
     let nullable_string = json!({"type": ["string", "null"]});
     json!({
@@ -231,6 +309,7 @@ pub(crate) fn document() -> Value {
     for kind in RunKind::ALL {
         kind_paths(kind, &mut paths);
     }
+    stream_paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {

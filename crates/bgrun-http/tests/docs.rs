@@ -41,6 +41,7 @@ async fn the_http_api_page_lists_exactly_the_servers_routes() {
             "/health",
             "/metrics",
             "/openapi.json",
+            "/v1/stream",
         ]
         .iter()
         .any(|root| path.starts_with(root))
