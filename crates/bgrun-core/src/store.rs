@@ -245,7 +245,9 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Creates a stream, in one atomic write:
+    /// Creates a stream, in one atomic write. Stream ids are never reused, not even across
+    /// paths (a reader holding a deleted stream's id must not see another stream's messages).
+    /// `Existing` and every refusal write nothing.
     ///
     /// - A live stream at the path: [`Existing`](CreateStreamOutcome::Existing) when
     ///   [`NewStream::matches`] it, else [`Conflict`](CreateStreamOutcome::Conflict); nothing
@@ -273,9 +275,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the stream at `path` in one atomic write: reads the stream and, when a
     /// producer writes, its state; asks [`plan_append`](crate::stream::plan_append); on `Err`
-    /// writes nothing and returns that outcome; on `Ok` writes the messages after the tail, one
-    /// offset each, applies the plan (producer state, closed, closer, `Stream-Seq`), sets
-    /// `last_access` to `append.now` and returns
+    /// writes nothing (not even `last_access`) and returns that outcome; on `Ok` writes the
+    /// messages after the tail, one offset each, applies the plan (producer state, closed,
+    /// closer; `Stream-Seq` replaced only when the plan carries one), moves `last_access`
+    /// forward to `append.now` (never back: replicas' clocks differ) and returns
     /// [`Appended`](AppendOutcome::Appended).
     async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
         let _ = (path, append);
@@ -296,8 +299,8 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("durable streams"))
     }
 
-    /// Deletes the stream at `path` (only if it is stream `only`, when given), in one atomic
-    /// write. One with forks is soft-deleted. One without is removed with its messages and
+    /// Deletes the stream at `path` (only if it is stream `only`, when given: another stream at
+    /// the path is `NotFound`), in one atomic write. One with forks is soft-deleted. One without is removed with its messages and
     /// producers, and its source's fork count goes down by one; a soft-deleted source left
     /// without forks is removed the same way, and so on up the chain.
     async fn delete_stream(

@@ -266,7 +266,7 @@ pub struct StreamInfo {
     pub fork: Option<ForkOrigin>,
     /// Where its inherited messages are (empty unless a fork).
     pub inherited: Vec<StreamSegment>,
-    /// How many streams fork it and are not deleted.
+    /// How many streams fork it and are not removed (a soft-deleted fork still counts).
     pub forks: u64,
     /// Deleted while forked: gone for readers and writers, kept for its forks.
     pub soft_deleted: bool,
@@ -402,7 +402,7 @@ pub struct AppendPlan {
     pub close: bool,
     /// The producer write that closes it, when it does.
     pub closed_by: Option<ProducerClaim>,
-    /// The `Stream-Seq` to keep as the last one.
+    /// The `Stream-Seq` to keep as the last one; `None`: keep the last one as it is.
     pub stream_seq: Option<String>,
 }
 

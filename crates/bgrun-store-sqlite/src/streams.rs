@@ -409,7 +409,7 @@ pub(crate) fn append(
     // The stream was open (`plan_append` refuses a closed one), so it had no closer to keep.
     let closer = plan.closed_by.as_ref();
     conn.prepare_cached(
-        "UPDATE streams SET tail = ?2, last_access = ?3, closed = ?4, closed_by_id = ?5, \
+        "UPDATE streams SET tail = ?2, last_access = MAX(last_access, ?3), closed = ?4, closed_by_id = ?5, \
          closed_by_epoch = ?6, closed_by_seq = ?7, \
          last_stream_seq = COALESCE(?8, last_stream_seq) WHERE id = ?1",
     )

@@ -58,6 +58,27 @@
 //!   once; `renew_leases` extends live leases only.
 //! - [`persistence`](checks::persistence): all of the above survives a new store instance.
 //!
+//! Durable streams are optional: a store whose `supports_streams` is false has the `streams_`
+//! checks skipped ([`checks::STREAMS_UNSUPPORTED`]). One that keeps them is held to:
+//!
+//! - [`streams_create`](checks::streams_create): `Existing` and `Conflict` write nothing, not
+//!   even `last_access`; a repeated create with another body is still `Existing`.
+//! - [`streams_append_and_read`](checks::streams_append_and_read): a fork's `read_stream`
+//!   returns only its own messages (offsets after the fork offset); `max_bytes` 0 still returns
+//!   one message; stream ids are never reused, not even a deleted stream's by another path;
+//!   `delete_stream` naming another stream's id is `NotFound` and deletes nothing.
+//! - [`streams_producers`](checks::streams_producers), [`streams_stream_seq`](checks::streams_stream_seq),
+//!   [`streams_close`](checks::streams_close): every refusal of `plan_append` (`Duplicate`
+//!   included) writes nothing, not even `last_access` or the producer's state; an append
+//!   without `Stream-Seq` keeps the last one.
+//! - [`streams_forks`](checks::streams_forks), [`streams_expiry`](checks::streams_expiry): a
+//!   soft-deleted fork still counts in its source's `forks` (its own forks read through it);
+//!   `touch_stream` of a missing stream is `Ok`.
+//! - [`streams_concurrency`](checks::streams_concurrency): one producer write sent twice at
+//!   once is taken once; concurrent appends get every offset exactly once.
+//! - [`streams_persistence`](checks::streams_persistence): streams, messages, producer state,
+//!   closers, soft deletes and the id sequence survive a new store instance.
+//!
 //! The checks are deterministic: they never sleep and assert no timings. Races are real (the
 //! suite spawns tokio tasks, so run it on a multi-thread runtime), but every interleaving has
 //! one right answer. A lease granted with a zero ttl counts as lapsed at once, which is how the

@@ -59,9 +59,51 @@ pub async fn conformance(
             on_fresh(harness, checks::leased_transitions),
         ),
         (
+            "streams_create",
+            on_streams(harness, checks::streams_create),
+        ),
+        (
+            "streams_append_and_read",
+            on_streams(harness, checks::streams_append_and_read),
+        ),
+        (
+            "streams_producers",
+            on_streams(harness, checks::streams_producers),
+        ),
+        (
+            "streams_stream_seq",
+            on_streams(harness, checks::streams_stream_seq),
+        ),
+        ("streams_close", on_streams(harness, checks::streams_close)),
+        ("streams_forks", on_streams(harness, checks::streams_forks)),
+        (
+            "streams_expiry",
+            on_streams(harness, checks::streams_expiry),
+        ),
+        (
+            "streams_concurrency",
+            on_streams(harness, checks::streams_concurrency),
+        ),
+        (
             "persistence",
             async move {
                 Ok(match checks::persistence(harness).await? {
+                    Persistence::Checked => Verdict::Passed,
+                    Persistence::NotPersistent => {
+                        Verdict::Skipped("the harness does not reopen stores".into())
+                    }
+                })
+            }
+            .boxed(),
+        ),
+        (
+            "streams_persistence",
+            async move {
+                let store = harness.fresh().await;
+                if !store.supports_streams() {
+                    return Ok(Verdict::Skipped(checks::STREAMS_UNSUPPORTED.into()));
+                }
+                Ok(match checks::streams_persistence(harness, store).await? {
                     Persistence::Checked => Verdict::Passed,
                     Persistence::NotPersistent => {
                         Verdict::Skipped("the harness does not reopen stores".into())
@@ -120,24 +162,53 @@ where
 {
     async move {
         let store = harness.fresh().await;
-        let page = store
-            .list_runs(&RunFilter::default(), 1, None)
-            .await
-            .map_err(|error| {
-                CheckFailure::new(format!(
-                    "list_runs on a fresh store: expected an empty page, got error {error}"
-                ))
-            })?;
-        if !page.runs.is_empty() {
-            return Err(CheckFailure::new(format!(
-                "StoreHarness::fresh must return an empty store, but it holds run {}",
-                page.runs[0].run_id
-            )));
-        }
-        check(store).await?;
-        Ok(Verdict::Passed)
+        run_on_empty(store, check).await
     }
     .boxed()
+}
+
+/// A durable-stream check on a fresh, empty store; skipped when the store keeps no streams
+/// (they are an optional part of the contract).
+fn on_streams<'a, F, Fut>(
+    harness: &'a dyn StoreHarness,
+    check: F,
+) -> BoxFuture<'a, Result<Verdict, CheckFailure>>
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<(), CheckFailure>> + Send + 'a,
+{
+    async move {
+        let store = harness.fresh().await;
+        if !store.supports_streams() {
+            return Ok(Verdict::Skipped(checks::STREAMS_UNSUPPORTED.into()));
+        }
+        run_on_empty(store, check).await
+    }
+    .boxed()
+}
+
+/// Runs `check` on `store` after making sure the store holds no runs.
+async fn run_on_empty<F, Fut>(store: Arc<dyn Store>, check: F) -> Result<Verdict, CheckFailure>
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = Result<(), CheckFailure>>,
+{
+    let page = store
+        .list_runs(&RunFilter::default(), 1, None)
+        .await
+        .map_err(|error| {
+            CheckFailure::new(format!(
+                "list_runs on a fresh store: expected an empty page, got error {error}"
+            ))
+        })?;
+    if !page.runs.is_empty() {
+        return Err(CheckFailure::new(format!(
+            "StoreHarness::fresh must return an empty store, but it holds run {}",
+            page.runs[0].run_id
+        )));
+    }
+    check(store).await?;
+    Ok(Verdict::Passed)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

@@ -4,9 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test scaffolding: a failed unwrap is a failed test
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bgrun_core::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 use bgrun_core::{
     async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
     Store, StoreResult, Timestamp, Transition, TransitionOutcome,
@@ -31,12 +36,53 @@ enum Flaw {
     PanicsOnCancelRequested,
     /// `transition_and_release` keeps the lease.
     KeepsLeaseAtEnd,
+    /// Keeps no durable streams (`supports_streams` is false).
+    NoStreams,
+    /// `append_stream` drops the producer claim, so `plan_append` never checks it.
+    IgnoresProducers,
+    /// `read_stream` ignores `max_bytes`.
+    ReadsPastMaxBytes,
+    /// Deleting the last fork of a soft-deleted source removes the fork only: the source stays
+    /// soft-deleted, its path taken.
+    DeleteDoesNotCascade,
 }
 
 #[derive(Debug)]
 struct Broken {
     inner: MemoryStore,
     flaw: Flaw,
+    /// Streams a [`Flaw::DeleteDoesNotCascade`] delete removed without telling the inner store.
+    hidden: Mutex<HashSet<StreamId>>,
+}
+
+impl Broken {
+    fn hidden(&self, id: StreamId) -> bool {
+        self.hidden.lock().unwrap().contains(&id)
+    }
+
+    /// A delete of the last fork of a soft-deleted source that forgets the source: the fork is
+    /// gone (hidden), the source keeps its fork count and stays soft-deleted.
+    async fn delete_without_cascade(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<Option<DeleteStreamOutcome>> {
+        let Some(stream) = self.stream_info(path).await? else {
+            return Ok(None);
+        };
+        let Some(fork) = &stream.fork else {
+            return Ok(None);
+        };
+        if only.is_some_and(|id| id != stream.id) || stream.soft_deleted || stream.forks > 0 {
+            return Ok(None);
+        }
+        let source = self.inner.stream_info(&fork.source_path).await?;
+        if !source.is_some_and(|s| s.id == fork.source_id && s.soft_deleted && s.forks == 1) {
+            return Ok(None);
+        }
+        self.hidden.lock().unwrap().insert(stream.id);
+        Ok(Some(DeleteStreamOutcome::Deleted))
+    }
 }
 
 #[async_trait]
@@ -158,6 +204,64 @@ impl Store for Broken {
             .transition_and_release(run_id, transition, events, owner)
             .await
     }
+
+    fn supports_streams(&self) -> bool {
+        self.flaw != Flaw::NoStreams && self.inner.supports_streams()
+    }
+
+    async fn create_stream(&self, stream: NewStream) -> StoreResult<CreateStreamOutcome> {
+        self.inner.create_stream(stream).await
+    }
+
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        let info = self.inner.stream_info(path).await?;
+        Ok(info.filter(|info| !self.hidden(info.id)))
+    }
+
+    async fn append_stream(
+        &self,
+        path: &str,
+        mut append: StreamAppend,
+    ) -> StoreResult<AppendOutcome> {
+        if self.flaw == Flaw::IgnoresProducers {
+            append.producer = None;
+        }
+        self.inner.append_stream(path, append).await
+    }
+
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        if self.hidden(id) {
+            return Ok(Vec::new());
+        }
+        let max_bytes = match self.flaw {
+            Flaw::ReadsPastMaxBytes => usize::MAX,
+            _ => max_bytes,
+        };
+        self.inner.read_stream(id, after, upto, max_bytes).await
+    }
+
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        if self.flaw == Flaw::DeleteDoesNotCascade {
+            if let Some(outcome) = self.delete_without_cascade(path, only).await? {
+                return Ok(outcome);
+            }
+        }
+        self.inner.delete_stream(path, only).await
+    }
+
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        self.inner.touch_stream(id, now).await
+    }
 }
 
 /// Fresh example stores; `reopen` hands back the same store (memory "persists" while the `Arc`
@@ -185,6 +289,7 @@ impl Harness {
             Some(flaw) => Arc::new(Broken {
                 inner: MemoryStore::new(),
                 flaw,
+                hidden: Mutex::default(),
             }),
         }
     }
@@ -217,9 +322,18 @@ async fn the_example_store_passes_and_persistence_is_skipped_without_reopen() {
     let report = conformance(&Harness::new(None, Reopen::Unsupported))
         .await
         .unwrap_or_else(|failures| panic!("{failures}"));
-    assert_eq!(report.passed, checks::NAMES[..checks::NAMES.len() - 1]);
-    assert_eq!(report.skipped.len(), 1);
-    assert_eq!(report.skipped[0].check, "persistence");
+    let persistence = ["persistence", "streams_persistence"];
+    let others: Vec<&str> = checks::NAMES
+        .into_iter()
+        .filter(|name| !persistence.contains(name))
+        .collect();
+    assert_eq!(report.passed, others);
+    let skipped: Vec<&str> = report.skipped.iter().map(|s| s.check).collect();
+    assert_eq!(skipped, persistence);
+    assert!(report
+        .skipped
+        .iter()
+        .all(|s| s.reason == "the harness does not reopen stores"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -236,9 +350,11 @@ async fn a_store_that_loses_everything_on_reopen_fails_persistence() {
     let failures = conformance(&Harness::new(None, Reopen::LosesEverything))
         .await
         .unwrap_err();
-    assert_eq!(failures.names(), ["persistence"]);
-    let message = failures.failure("persistence").unwrap().message();
-    assert!(message.starts_with("once reopened"), "{message}");
+    assert_eq!(failures.names(), ["persistence", "streams_persistence"]);
+    for check in failures.names() {
+        let message = failures.failure(check).unwrap().message();
+        assert!(message.starts_with("once reopened"), "{message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -291,6 +407,89 @@ async fn a_store_that_keeps_the_lease_at_the_end_fails_leased_transitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_without_streams_skips_the_stream_checks() {
+    let report = conformance(&Harness::new(Some(Flaw::NoStreams), Reopen::Unsupported))
+        .await
+        .unwrap_or_else(|failures| panic!("{failures}"));
+    let skipped: Vec<&str> = report.skipped.iter().map(|s| s.check).collect();
+    let mut expected: Vec<&str> = checks::NAMES
+        .iter()
+        .copied()
+        .filter(|name| name.starts_with("streams_"))
+        .collect();
+    assert_eq!(expected.len(), 9);
+    // The run persistence check runs between the stream checks and the stream persistence one.
+    expected.insert(8, "persistence");
+    assert_eq!(skipped, expected);
+    for skipped in &report.skipped {
+        if skipped.check != "persistence" {
+            assert_eq!(
+                skipped.reason,
+                checks::STREAMS_UNSUPPORTED,
+                "{}",
+                skipped.check
+            );
+        }
+    }
+    assert!(report
+        .to_string()
+        .contains("Store::supports_streams is false"));
+    assert_eq!(report.passed.len(), checks::NAMES.len() - 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_ignores_producers_fails_the_producer_checks() {
+    let failures = failures(Flaw::IgnoresProducers).await;
+    assert_eq!(
+        failures.names(),
+        ["streams_producers", "streams_close", "streams_concurrency"],
+        "{failures}"
+    );
+    let message = failures.failure("streams_producers").unwrap().message();
+    assert!(
+        message.contains("producer p epoch 0 seq 1")
+            && message.contains("expected SequenceGap { expected: 0, received: 1 }"),
+        "{message}"
+    );
+    let message = failures.failure("streams_concurrency").unwrap().message();
+    assert!(
+        message.contains("expected one Appended and one Duplicate"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_reads_past_max_bytes_fails_append_and_read() {
+    let failures = failures(Flaw::ReadsPastMaxBytes).await;
+    assert_eq!(failures.names(), ["streams_append_and_read"], "{failures}");
+    let message = failures
+        .failure("streams_append_and_read")
+        .unwrap()
+        .message();
+    assert!(
+        message.contains("it went on after the message that reached"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_whose_deletes_do_not_cascade_fails_forks_and_expiry() {
+    let failures = failures(Flaw::DeleteDoesNotCascade).await;
+    assert_eq!(
+        failures.names(),
+        ["streams_forks", "streams_expiry"],
+        "{failures}"
+    );
+    let message = failures.failure("streams_forks").unwrap().message();
+    assert!(
+        message.starts_with(
+            "stream_info(fork/f1) after deleting fork/g, the last fork of soft-deleted fork/f1"
+        ) && message.contains("expected None"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_store_fails_only_the_check_that_panicked() {
     let failures = failures(Flaw::PanicsOnCancelRequested).await;
     assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
@@ -299,11 +498,12 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
         message.contains("panicked: cancel_requested is broken"),
         "{message}"
     );
-    assert_eq!(failures.report.passed.len(), checks::NAMES.len() - 2);
+    // All but the failed check and the two persistence checks, skipped without a reopen.
+    assert_eq!(failures.report.passed.len(), checks::NAMES.len() - 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 15 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 24 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;
@@ -332,7 +532,8 @@ impl StoreHarness for Dirty {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_harness_whose_fresh_stores_hold_runs_is_reported() {
     let failures = conformance(&Dirty).await.unwrap_err();
-    assert_eq!(failures.failed.len(), checks::NAMES.len() - 1);
+    // Every check but the two persistence checks, skipped without a reopen.
+    assert_eq!(failures.failed.len(), checks::NAMES.len() - 2);
     let message = failures.failure("leases").unwrap().message();
     assert!(message.contains("must return an empty store"), "{message}");
 }

@@ -4,7 +4,11 @@
 //!
 //! It keeps everything in memory behind one mutex, so it is small enough to read as
 //! documentation of what each [`Store`] method must do. It does not persist: its test harness
-//! answers `reopen` with `None`, and the suite reports the persistence check as skipped.
+//! answers `reopen` with `None`, and the suite reports the persistence checks as skipped.
+//!
+//! It also keeps durable streams ([`bgrun_core::stream`]): the stream methods show how a store
+//! uses the shared decisions ([`plan_append`], [`NewStream::matches`],
+//! [`StreamInfo::is_expired`]) inside one atomic write, here the one lock.
 //!
 //! ```
 //! use bgrun_core::{NewRun, RunKind, RunTarget, Store};
@@ -26,6 +30,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bgrun_core::stream::{
+    plan_append, AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, ForkOrigin, Millis,
+    NewStream, ProducerState, StreamAppend, StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 use bgrun_core::{
     async_trait, now, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage,
     RunRecord, RunStatus, Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
@@ -46,6 +54,7 @@ struct State {
     idempotency_keys: HashMap<String, RunId>,
     cancel_intents: HashSet<RunId>,
     leases: HashMap<RunId, Lease>,
+    streams: Streams,
 }
 
 #[derive(Debug)]
@@ -100,6 +109,51 @@ impl Lease {
     /// A lease with a zero ttl is lapsed at once.
     fn is_live(&self, at: Instant) -> bool {
         self.expires.is_none_or(|expires| expires > at)
+    }
+}
+
+/// Durable streams. Every stream kept (live, expired or soft-deleted) lives at its path until
+/// it is removed, so `paths` and `by_id` hold the same streams.
+#[derive(Debug, Default)]
+struct Streams {
+    paths: HashMap<String, StreamId>,
+    by_id: HashMap<StreamId, StoredStream>,
+    /// The last id handed out. Ids are never reused: a reader holding the id of a deleted
+    /// stream must not get another stream's messages.
+    last_id: i64,
+}
+
+#[derive(Debug)]
+struct StoredStream {
+    info: StreamInfo,
+    /// Its own messages (a fork's inherited ones stay with their streams), oldest first:
+    /// `messages[i].offset` is the fork offset plus `i + 1`.
+    messages: Vec<StreamMessage>,
+    producers: HashMap<String, ProducerState>,
+}
+
+impl Streams {
+    /// Removes stream `id` with its messages and producers; its source loses a fork, and a
+    /// soft-deleted source left without forks is removed the same way, up the chain.
+    fn remove(&mut self, id: StreamId) {
+        let mut next = Some(id);
+        while let Some(id) = next.take() {
+            let Some(stream) = self.by_id.remove(&id) else {
+                return;
+            };
+            if self.paths.get(&stream.info.path) == Some(&id) {
+                self.paths.remove(&stream.info.path);
+            }
+            let Some(fork) = stream.info.fork else {
+                return;
+            };
+            if let Some(source) = self.by_id.get_mut(&fork.source_id) {
+                source.info.forks = source.info.forks.saturating_sub(1);
+                if source.info.soft_deleted && source.info.forks == 0 {
+                    next = Some(fork.source_id);
+                }
+            }
+        }
     }
 }
 
@@ -346,5 +400,221 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|run| run.record.clone())
             .collect())
+    }
+
+    fn supports_streams(&self) -> bool {
+        true
+    }
+
+    async fn create_stream(&self, new: NewStream) -> StoreResult<CreateStreamOutcome> {
+        let mut state = self.state();
+        let streams = &mut state.streams;
+        // The stream at the path decides first; an expired one without forks only frees the
+        // path, and is removed below once nothing else refuses the create.
+        let mut expired = None;
+        if let Some(&id) = streams.paths.get(&new.path) {
+            if let Some(existing) = streams.by_id.get_mut(&id) {
+                let info = &mut existing.info;
+                if info.soft_deleted {
+                    return Ok(CreateStreamOutcome::PathGone);
+                }
+                if info.is_expired(new.now) {
+                    if info.forks > 0 {
+                        // Its forks still read its messages: it can only be soft-deleted.
+                        info.soft_deleted = true;
+                        return Ok(CreateStreamOutcome::PathGone);
+                    }
+                    expired = Some(id);
+                } else if new.matches(info) {
+                    return Ok(CreateStreamOutcome::Existing(info.clone()));
+                } else {
+                    return Ok(CreateStreamOutcome::Conflict(info.clone()));
+                }
+            }
+        }
+        if let Some(fork) = &new.fork {
+            // The source is named by id, not path: a path created again is another stream. An
+            // expired stream this create replaces is as good as removed already.
+            let source = streams
+                .by_id
+                .get(&fork.source_id)
+                .filter(|_| expired != Some(fork.source_id));
+            match source {
+                None => return Ok(CreateStreamOutcome::SourceMissing),
+                Some(source) if source.info.soft_deleted => {
+                    return Ok(CreateStreamOutcome::SourceGone)
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(id) = expired {
+            streams.remove(id);
+        }
+        if let Some(source) = new
+            .fork
+            .as_ref()
+            .and_then(|fork| streams.by_id.get_mut(&fork.source_id))
+        {
+            source.info.forks += 1;
+        }
+        streams.last_id += 1;
+        let id = StreamId::new(streams.last_id);
+        let start = new.fork.as_ref().map_or(StreamOffset::ZERO, |f| f.offset);
+        let mut stream = StoredStream {
+            info: StreamInfo {
+                id,
+                path: new.path,
+                content_type: new.content_type,
+                expiry: new.expiry,
+                created: new.now,
+                last_access: new.now,
+                tail: start,
+                closed: new.closed,
+                closed_by: None,
+                last_stream_seq: None,
+                fork: new.fork.as_ref().map(|fork| ForkOrigin {
+                    source_path: fork.source_path.clone(),
+                    source_id: fork.source_id,
+                    offset: fork.offset,
+                    sub_offset: fork.sub_offset,
+                }),
+                inherited: new.fork.map(|fork| fork.inherited).unwrap_or_default(),
+                forks: 0,
+                soft_deleted: false,
+            },
+            messages: Vec::new(),
+            producers: HashMap::new(),
+        };
+        for data in new.messages {
+            stream.info.tail = StreamOffset::new(stream.info.tail.get() + 1);
+            stream.messages.push(StreamMessage {
+                offset: stream.info.tail,
+                data,
+            });
+        }
+        let info = stream.info.clone();
+        streams.paths.insert(info.path.clone(), id);
+        streams.by_id.insert(id, stream);
+        Ok(CreateStreamOutcome::Created(info))
+    }
+
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        let state = self.state();
+        let streams = &state.streams;
+        Ok(streams
+            .paths
+            .get(path)
+            .and_then(|id| streams.by_id.get(id))
+            .map(|stream| stream.info.clone()))
+    }
+
+    async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
+        let mut state = self.state();
+        let streams = &mut state.streams;
+        let Some(stream) = streams
+            .paths
+            .get(path)
+            .copied()
+            .and_then(|id| streams.by_id.get_mut(&id))
+        else {
+            return Ok(AppendOutcome::NotFound);
+        };
+        let producer = append
+            .producer
+            .as_ref()
+            .and_then(|claim| stream.producers.get(&claim.id));
+        // Decided and written under the one lock: nothing can slip between the producer check
+        // and the write, so a retried write is never taken twice.
+        let plan = match plan_append(Some(&stream.info), producer, &append) {
+            Ok(plan) => plan,
+            Err(outcome) => return Ok(outcome),
+        };
+        for data in append.messages {
+            stream.info.tail = StreamOffset::new(stream.info.tail.get() + 1);
+            stream.messages.push(StreamMessage {
+                offset: stream.info.tail,
+                data,
+            });
+        }
+        if let Some((id, producer)) = plan.producer {
+            stream.producers.insert(id, producer);
+        }
+        if plan.close {
+            stream.info.closed = true;
+            stream.info.closed_by = plan.closed_by;
+        }
+        // An append without `Stream-Seq` leaves the last one in place.
+        if plan.stream_seq.is_some() {
+            stream.info.last_stream_seq = plan.stream_seq;
+        }
+        stream.info.last_access = stream.info.last_access.max(append.now);
+        Ok(AppendOutcome::Appended {
+            tail: stream.info.tail,
+            closed: stream.info.closed,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        let state = self.state();
+        let Some(stream) = state.streams.by_id.get(&id) else {
+            return Ok(Vec::new());
+        };
+        let mut read = Vec::new();
+        let mut size = 0usize;
+        let wanted = stream
+            .messages
+            .iter()
+            .skip_while(|message| message.offset <= after)
+            .take_while(|message| upto.is_none_or(|upto| message.offset <= upto));
+        for message in wanted {
+            size = size.saturating_add(message.data.len());
+            read.push(message.clone());
+            // The message that reaches the limit is the last, so a read always makes progress.
+            if size >= max_bytes {
+                break;
+            }
+        }
+        Ok(read)
+    }
+
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        let mut state = self.state();
+        let streams = &mut state.streams;
+        let Some(&id) = streams.paths.get(path) else {
+            return Ok(DeleteStreamOutcome::NotFound);
+        };
+        if only.is_some_and(|only| only != id) {
+            return Ok(DeleteStreamOutcome::NotFound);
+        }
+        let Some(stream) = streams.by_id.get_mut(&id) else {
+            return Ok(DeleteStreamOutcome::NotFound);
+        };
+        if stream.info.soft_deleted {
+            return Ok(DeleteStreamOutcome::Gone);
+        }
+        if stream.info.forks > 0 {
+            // Its forks read its messages: keep them until the last fork goes.
+            stream.info.soft_deleted = true;
+            return Ok(DeleteStreamOutcome::SoftDeleted);
+        }
+        streams.remove(id);
+        Ok(DeleteStreamOutcome::Deleted)
+    }
+
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        if let Some(stream) = self.state().streams.by_id.get_mut(&id) {
+            stream.info.last_access = stream.info.last_access.max(now);
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ impl StoreHarness for Harness {
     }
 
     async fn reopen(&self, _store: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
-        None // nothing survives the process: the persistence check is skipped
+        None // nothing survives the process: the persistence checks are skipped
     }
 }
 

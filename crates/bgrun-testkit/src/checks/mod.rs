@@ -2,7 +2,9 @@
 //! own. Each returns what it expected and what happened when the store breaks the contract.
 //!
 //! Checks taking an `Arc<dyn Store>` expect a fresh, empty store and use it alone (they create
-//! the runs they need, with fixed ids and timestamps).
+//! the runs and streams they need, with fixed ids, paths and timestamps). The `streams_` checks
+//! need a store whose [`supports_streams`](bgrun_core::Store::supports_streams) is true; the
+//! suite skips them for others, with [`STREAMS_UNSUPPORTED`] as the reason.
 
 mod cancel;
 mod events;
@@ -12,6 +14,7 @@ mod list;
 mod persistence;
 mod runs;
 mod status;
+mod streams;
 
 pub use cancel::cancel_intents;
 pub use events::{append_and_read, append_races, append_rejections, concurrent_writers, large_log};
@@ -21,10 +24,14 @@ pub use list::list_paging;
 pub use persistence::{persistence, Persistence};
 pub use runs::{create_and_get, duplicates_and_idempotency};
 pub use status::{cas_races, transitions};
+pub use streams::{
+    streams_append_and_read, streams_close, streams_concurrency, streams_create, streams_expiry,
+    streams_forks, streams_persistence, streams_producers, streams_stream_seq, STREAMS_UNSUPPORTED,
+};
 
 /// The names of the checks, in the order [`conformance`](crate::conformance) runs them; failures
 /// and reports name checks this way.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 24] = [
     "create_and_get",
     "duplicates_and_idempotency",
     "transitions",
@@ -39,5 +46,14 @@ pub const NAMES: [&str; 15] = [
     "leases",
     "fencing",
     "leased_transitions",
+    "streams_create",
+    "streams_append_and_read",
+    "streams_producers",
+    "streams_stream_seq",
+    "streams_close",
+    "streams_forks",
+    "streams_expiry",
+    "streams_concurrency",
     "persistence",
+    "streams_persistence",
 ];
