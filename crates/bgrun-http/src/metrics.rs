@@ -68,6 +68,16 @@ pub(crate) fn render(state: &AppState) -> String {
     );
     let _ = writeln!(out, "# TYPE bgrun_runs_active gauge");
     let _ = writeln!(out, "bgrun_runs_active {}", state.engine.active_runs());
+    let _ = writeln!(
+        out,
+        "# HELP bgrun_stream_readers_waiting Durable Streams reads waiting at a stream's tail."
+    );
+    let _ = writeln!(out, "# TYPE bgrun_stream_readers_waiting gauge");
+    let _ = writeln!(
+        out,
+        "bgrun_stream_readers_waiting {}",
+        state.engine.streams().waiting_readers()
+    );
     counter(
         &mut out,
         "bgrun_http_starts_total",

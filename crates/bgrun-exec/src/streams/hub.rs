@@ -67,6 +67,15 @@ impl Hub {
         }
     }
 
+    /// How many readers wait now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock()
+            .by_path
+            .values()
+            .map(watch::Sender::receiver_count)
+            .sum()
+    }
+
     /// Wakes every waiter (notifications may have been missed).
     pub(crate) fn notify_all(&self) {
         let watchers = self.lock();

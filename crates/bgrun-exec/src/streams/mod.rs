@@ -158,6 +158,11 @@ impl Streams {
         Self { store, hub }
     }
 
+    /// How many readers wait at a stream's tail now (long-poll and SSE reads).
+    pub fn waiting_readers(&self) -> usize {
+        self.hub.waiting()
+    }
+
     /// Whether the store keeps durable streams.
     pub fn supported(&self) -> bool {
         self.store.supports_streams()

@@ -1,0 +1,305 @@
+//! The Durable Streams routes over the router (SQLite): what bgrun's own clients and operators
+//! rely on beyond the official suite (run by `cargo xtask ds-conformance`): JSON errors with the
+//! protocol's headers, producers, closure, long-poll wake-ups, forks, and runs as streams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request};
+use common::{fixture, Answer, Fixture};
+use serde_json::{json, Value};
+
+const OFFSET: &str = "stream-next-offset";
+
+fn offset(n: u64) -> String {
+    format!("0000000000000000_{n:016}")
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+async fn put(f: &Fixture, path: &str, content_type: &str, body: &str) -> Answer {
+    f.send(
+        Request::put(format!("/v1/stream/{path}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn append(
+    f: &Fixture,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let mut request =
+        Request::post(format!("/v1/stream/{path}")).header(header::CONTENT_TYPE, content_type);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    f.send(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn a_json_stream_is_created_appended_and_read_by_offset() {
+    let f = fixture().await;
+    let created = put(
+        &f,
+        "chat/room-1",
+        "application/json",
+        r#"[{"n":1},{"n":2}]"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(header(&created, OFFSET), Some(offset(1).as_str()));
+    assert!(header(&created, "location")
+        .unwrap()
+        .ends_with("/v1/stream/chat/room-1"));
+    let again = put(&f, "chat/room-1", "application/json; charset=utf-8", "").await;
+    assert_eq!(again.status, 200);
+    let conflict = put(&f, "chat/room-1", "text/plain", "").await;
+    conflict.assert_error(409);
+
+    let appended = append(&f, "chat/room-1", "application/json", r#"{"n":3}"#, &[]).await;
+    assert_eq!(appended.status, 204);
+    assert_eq!(header(&appended, OFFSET), Some(offset(2).as_str()));
+
+    let all = f.get("/v1/stream/chat/room-1").await;
+    assert_eq!(all.json(), json!([{"n":1},{"n":2},{"n":3}]));
+    assert_eq!(header(&all, "stream-up-to-date"), Some("true"));
+    assert_eq!(header(&all, "x-content-type-options"), Some("nosniff"));
+    let rest = f
+        .get(&format!("/v1/stream/chat/room-1?offset={}", offset(1)))
+        .await;
+    assert_eq!(rest.json(), json!([{"n":3}]));
+    assert_eq!(header(&rest, OFFSET), Some(offset(2).as_str()));
+
+    let etag = header(&all, "etag").unwrap().to_owned();
+    let cached = f
+        .send(
+            Request::get("/v1/stream/chat/room-1")
+                .header(header::IF_NONE_MATCH, etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(cached.status, 304);
+
+    let bad = append(&f, "chat/room-1", "application/json", "{", &[]).await;
+    bad.assert_error(400);
+    let empty = append(&f, "chat/room-1", "application/json", "[]", &[]).await;
+    empty.assert_error(400);
+    let missing = f.get("/v1/stream/nowhere").await;
+    missing.assert_error(404);
+    assert_eq!(header(&missing, "x-content-type-options"), Some("nosniff"));
+}
+
+#[tokio::test]
+async fn idempotent_producers_write_once_and_stale_epochs_are_fenced() {
+    let f = fixture().await;
+    put(&f, "log", "text/plain", "").await;
+    let producer = |epoch: &'static str, seq: &'static str| {
+        [
+            ("producer-id", "writer"),
+            ("producer-epoch", epoch),
+            ("producer-seq", seq),
+        ]
+    };
+    let first = append(&f, "log", "text/plain", "a", &producer("0", "0")).await;
+    assert_eq!(first.status, 200);
+    let retry = append(&f, "log", "text/plain", "a", &producer("0", "0")).await;
+    assert_eq!(retry.status, 204);
+    assert_eq!(header(&retry, "producer-seq"), Some("0"));
+    let gap = append(&f, "log", "text/plain", "c", &producer("0", "2")).await;
+    gap.assert_error(409);
+    assert_eq!(header(&gap, "producer-expected-seq"), Some("1"));
+    assert_eq!(header(&gap, "producer-received-seq"), Some("2"));
+    let bumped = append(&f, "log", "text/plain", "b", &producer("1", "0")).await;
+    assert_eq!(bumped.status, 200);
+    let zombie = append(&f, "log", "text/plain", "z", &producer("0", "1")).await;
+    zombie.assert_error(403);
+    assert_eq!(header(&zombie, "producer-epoch"), Some("1"));
+    let partial = append(&f, "log", "text/plain", "x", &[("producer-id", "w")]).await;
+    partial.assert_error(400);
+    assert_eq!(f.get("/v1/stream/log").await.text(), "ab");
+}
+
+#[tokio::test]
+async fn a_closed_stream_refuses_appends_and_says_so_at_its_tail() {
+    let f = fixture().await;
+    put(&f, "doc", "text/plain", "one").await;
+    let closed = append(&f, "doc", "text/plain", "two", &[("stream-closed", "true")]).await;
+    assert_eq!(closed.status, 204);
+    assert_eq!(header(&closed, "stream-closed"), Some("true"));
+    let late = append(&f, "doc", "text/plain", "three", &[]).await;
+    late.assert_error(409);
+    assert_eq!(header(&late, "stream-closed"), Some("true"));
+    assert_eq!(header(&late, OFFSET), Some(offset(2).as_str()));
+    let read = f.get("/v1/stream/doc").await;
+    assert_eq!(read.text(), "onetwo");
+    assert_eq!(header(&read, "stream-closed"), Some("true"));
+    // A live read at the end of a closed stream answers at once.
+    let tail = f
+        .get(&format!(
+            "/v1/stream/doc?offset={}&live=long-poll",
+            offset(2)
+        ))
+        .await;
+    assert_eq!(tail.status, 204);
+    assert_eq!(header(&tail, "stream-closed"), Some("true"));
+}
+
+#[tokio::test]
+async fn a_long_poll_at_the_tail_answers_with_the_next_append() {
+    let f = fixture().await;
+    put(&f, "feed", "text/plain", "first").await;
+    let app = f.app.clone();
+    let waiting = tokio::spawn(async move {
+        use tower::ServiceExt;
+        let response = app
+            .oneshot(
+                Request::get(format!(
+                    "/v1/stream/feed?offset={}&live=long-poll",
+                    offset(1)
+                ))
+                .body(Body::empty())
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, body)
+    });
+    // Appended once the read waits at the tail: the append wakes it.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while f.engine.streams().waiting_readers() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long-poll never waited");
+    append(&f, "feed", "text/plain", "second", &[]).await;
+    let (status, headers, body) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"second");
+    assert_eq!(headers[OFFSET], offset(2).as_str());
+    assert!(headers["stream-cursor"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+}
+
+#[tokio::test]
+async fn sse_of_a_binary_stream_is_base64_and_ends_after_the_close() {
+    let f = fixture().await;
+    put(&f, "bin", "application/octet-stream", "\u{0}\u{1}").await;
+    append(
+        &f,
+        "bin",
+        "application/octet-stream",
+        "\r\n",
+        &[("stream-closed", "true")],
+    )
+    .await;
+    let sse = f.get("/v1/stream/bin?offset=-1&live=sse").await;
+    assert_eq!(header(&sse, "stream-sse-data-encoding"), Some("base64"));
+    assert_eq!(
+        sse.text(),
+        format!(
+            "event: data\ndata:AAENCg==\n\nevent: control\ndata:{}\n\n",
+            json!({"streamNextOffset": offset(2), "streamClosed": true})
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_fork_reads_through_its_source_which_is_only_soft_deleted_while_forked() {
+    let f = fixture().await;
+    put(&f, "src", "text/plain", "a").await;
+    append(&f, "src", "text/plain", "b", &[]).await;
+    let fork = f
+        .send(
+            Request::put("/v1/stream/fork")
+                .header("stream-forked-from", "/v1/stream/src")
+                .header("stream-fork-offset", offset(1))
+                .body(Body::from("c"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(fork.status, 201, "{}", fork.text());
+    assert_eq!(header(&fork, "content-type"), Some("text/plain"));
+    assert_eq!(f.get("/v1/stream/fork").await.text(), "ac");
+    let deleted = f
+        .send(
+            Request::delete("/v1/stream/src")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    f.get("/v1/stream/src").await.assert_error(410);
+    put(&f, "src", "text/plain", "").await.assert_error(409);
+    assert_eq!(f.get("/v1/stream/fork").await.text(), "ac");
+    f.send(
+        Request::delete("/v1/stream/fork")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    // The last fork gone, the source is removed and its path free again.
+    assert_eq!(put(&f, "src", "text/plain", "").await.status, 201);
+}
+
+#[tokio::test]
+async fn a_run_is_a_read_only_json_stream_of_its_events() {
+    let f = fixture().await;
+    let run_id = f.start_background("echo", "message=hello+big+world").await;
+    f.wait(&run_id).await;
+    let path = format!("/v1/stream/runs/{run_id}");
+    let all = f.get(&path).await;
+    assert_eq!(all.status, 200);
+    let events: Vec<Value> = serde_json::from_value(all.json()).unwrap();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "RunStarted",
+            "RunContent",
+            "RunContent",
+            "RunContent",
+            "RunCompleted"
+        ]
+    );
+    assert_eq!(header(&all, OFFSET), Some(offset(5).as_str()));
+    assert_eq!(header(&all, "stream-closed"), Some("true"));
+    let rest = f.get(&format!("{path}?offset={}", offset(3))).await;
+    let rest: Vec<Value> = serde_json::from_value(rest.json()).unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|e| e["event_index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let head = f
+        .send(Request::head(&path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(header(&head, OFFSET), Some(offset(5).as_str()));
+    append(&f, &format!("runs/{run_id}"), "application/json", "{}", &[])
+        .await
+        .assert_error(405);
+    f.get("/v1/stream/runs/no-such-run").await.assert_error(404);
+}
