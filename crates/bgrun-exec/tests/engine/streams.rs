@@ -1,0 +1,208 @@
+//! Durable streams through `Engine::streams`: JSON mode, forks with sub-offsets, reads across
+//! segments in chunks, waiting at the tail; on PostgreSQL, a reader on one replica woken by an
+//! append on another.
+
+use std::time::Duration;
+
+use bgrun_core::stream::{AppendOutcome, StreamOffset};
+use bgrun_exec::streams::{AppendStream, CreateStream, ForkRequest, StreamError, Streams};
+use bgrun_exec::{Engine, EngineConfig};
+use bytes::Bytes;
+
+use crate::fixture::*;
+
+fn json_append(body: &str) -> AppendStream {
+    AppendStream {
+        body: Bytes::from(body.to_owned()),
+        content_type: Some("application/json".into()),
+        ..AppendStream::default()
+    }
+}
+
+async fn texts(streams: &Streams, path: &str, after: u64, max_bytes: usize) -> Vec<String> {
+    let info = streams.get(path).await.unwrap();
+    streams
+        .read(&info, StreamOffset::new(after), max_bytes)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| String::from_utf8(m.data.to_vec()).unwrap())
+        .collect()
+}
+
+/// Waits until `count` readers wait at a tail on `engine` (the wait is observable; no sleep).
+async fn readers_waiting(engine: &Engine, count: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.streams().waiting_readers() < count {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("no reader started waiting");
+}
+
+async fn json_values_are_kept_as_sent_and_forks_read_through_their_source(backend: Backend) {
+    let f = fixture(backend).await;
+    let streams = f.engine.streams();
+    let created = streams
+        .create(CreateStream {
+            path: "events".into(),
+            content_type: Some("application/json".into()),
+            body: Bytes::from_static(br#"[{"a": 1}, 2]"#),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    assert!(created.created);
+    assert_eq!(created.info.tail, StreamOffset::new(1));
+    streams
+        .append("events", json_append(r#"[3, "four", [5]]"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(streams, "events", 0, usize::MAX).await,
+        [r#"{"a": 1},2"#, r#"3,"four",[5]"#]
+    );
+    assert!(matches!(
+        streams.append("events", json_append("[]")).await,
+        Err(StreamError::EmptyJsonArray)
+    ));
+    // A fork at offset 1 taking the first two values of the source's second message.
+    let fork = streams
+        .create(CreateStream {
+            path: "events-fork".into(),
+            fork: Some(ForkRequest {
+                source: "events".into(),
+                offset: Some(StreamOffset::new(1)),
+                sub_offset: 2,
+            }),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(fork.info.content_type, "application/json");
+    assert_eq!(fork.info.tail, StreamOffset::new(2));
+    streams
+        .append("events-fork", json_append("6"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(streams, "events-fork", 0, usize::MAX).await,
+        [r#"{"a": 1},2"#, r#"3,"four""#, "6"]
+    );
+    // Reads stop after the message that reaches the byte budget, across segments.
+    assert_eq!(texts(streams, "events-fork", 0, 1).await, [r#"{"a": 1},2"#]);
+    assert_eq!(texts(streams, "events-fork", 1, 1).await, [r#"3,"four""#]);
+    assert!(matches!(
+        streams
+            .create(CreateStream {
+                path: "too-far".into(),
+                fork: Some(ForkRequest {
+                    source: "events".into(),
+                    offset: Some(StreamOffset::new(3)),
+                    sub_offset: 0,
+                }),
+                ..CreateStream::default()
+            })
+            .await,
+        Err(StreamError::ForkOffsetBeyondTail)
+    ));
+}
+
+async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backend) {
+    let f = fixture(backend).await;
+    let streams = f.engine.streams().clone();
+    streams
+        .create(CreateStream {
+            path: "tail".into(),
+            content_type: Some("text/plain".into()),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    let waiter = {
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            streams
+                .wait("tail", StreamOffset::ZERO, Duration::from_secs(30))
+                .await
+        })
+    };
+    readers_waiting(&f.engine, 1).await;
+    let appended = streams
+        .append(
+            "tail",
+            AppendStream {
+                body: Bytes::from_static(b"x"),
+                content_type: Some("text/plain".into()),
+                ..AppendStream::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        AppendOutcome::Appended {
+            tail: StreamOffset::new(1),
+            closed: false
+        }
+    );
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(!waited.timed_out);
+    assert_eq!(waited.info.tail, StreamOffset::new(1));
+}
+
+crate::on_every_store!(
+    json_values_are_kept_as_sent_and_forks_read_through_their_source,
+    a_reader_waiting_at_the_tail_is_woken_by_the_next_append,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_append_on_one_replica_wakes_a_reader_on_another() {
+    let schema = bgrun_store_postgres::testing::TestSchema::new();
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let store = std::sync::Arc::new(schema.store().await.unwrap());
+        engines.push(
+            Engine::open(store, bgrun_exec::demo::registry(), EngineConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let (a, b) = (&engines[0], &engines[1]);
+    a.streams()
+        .create(CreateStream {
+            path: "shared".into(),
+            content_type: Some("text/plain".into()),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    let waiter = {
+        let streams = b.streams().clone();
+        tokio::spawn(async move {
+            streams
+                .wait("shared", StreamOffset::ZERO, Duration::from_secs(30))
+                .await
+        })
+    };
+    readers_waiting(b, 1).await;
+    a.streams()
+        .append(
+            "shared",
+            AppendStream {
+                body: Bytes::from_static(b"from a"),
+                content_type: Some("text/plain".into()),
+                ..AppendStream::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Woken by the store's notification long before the 30 s timeout.
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(!waited.timed_out);
+    assert_eq!(
+        texts(b.streams(), "shared", 0, usize::MAX).await,
+        ["from a"]
+    );
+}
