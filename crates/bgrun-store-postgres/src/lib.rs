@@ -1,6 +1,6 @@
 //! The PostgreSQL [`Store`](bgrun_core::Store) of [bgrun](https://example.invalid/bgrun): many
-//! replicas share one database; LISTEN/NOTIFY tells each of them when a run's log grew or a
-//! cancel was requested.
+//! replicas share one database; LISTEN/NOTIFY tells each of them when a run's log grew, a
+//! cancel was requested or a durable stream changed.
 //!
 //! ```no_run
 //! use bgrun_core::{NewRun, RunKind, RunTarget, Store};
@@ -39,6 +39,11 @@
 //!   earlier attempt may have committed: appends find their events already stored with the
 //!   same JSON, creates and transitions find the token they wrote.
 //! - Leases expire by the database's clock (`now() + ttl`; `clock_timestamp()` in a batch), so replicas' clocks need not agree.
+//! - Durable streams: each operation is one transaction on a pooled connection. An append
+//!   locks the stream's row (`FOR UPDATE`, so one stream's appends serialise and offsets stay
+//!   gapless), reads its producer's state, asks `bgrun_core::stream::plan_append`, and sends its
+//!   writes, COMMIT and the notification in one pipelined round trip (see `streams`). An append
+//!   or delete whose COMMIT's outcome is unknown fails rather than being repeated.
 //! - Migrations run on connect, in one transaction under an advisory lock.
 //!
 //! Connections are unencrypted (`NoTls`); reach the database over a trusted network or a
@@ -58,6 +63,7 @@ mod notify;
 mod record;
 mod runs;
 mod store;
+mod streams;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -13,9 +13,10 @@ use crate::fault::{Failure, RetryPolicy};
 const MIGRATION_LOCK: i64 = 0x0062_6772_756e_0001;
 
 /// `(version, SQL)`, in order. Never edit a released migration: add the next one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE {s}.runs (
         seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         run_id TEXT NOT NULL,
@@ -65,7 +66,58 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX leases_owner ON {s}.leases (owner);
     "#,
-)];
+    ),
+    (
+        2,
+        // Durable streams (`crate::streams`). The u64s a client chooses (TTL seconds, producer
+        // epochs and sequence numbers, fork sub-offsets) are stored as their bit pattern, so
+        // that every value round-trips; offsets, counts and times are plain BIGINTs.
+        r#"
+    CREATE TABLE {s}.streams (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        path TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        ttl_secs BIGINT,
+        expires_at BIGINT,
+        expires_text TEXT,
+        created BIGINT NOT NULL,
+        last_access BIGINT NOT NULL,
+        tail BIGINT NOT NULL,
+        closed BOOLEAN NOT NULL,
+        closer_id TEXT,
+        closer_epoch BIGINT,
+        closer_seq BIGINT,
+        last_stream_seq TEXT,
+        fork_path TEXT,
+        fork_id BIGINT REFERENCES {s}.streams (id),
+        fork_offset BIGINT,
+        fork_sub_offset BIGINT,
+        inherited JSONB NOT NULL,
+        forks BIGINT NOT NULL DEFAULT 0,
+        soft_deleted BOOLEAN NOT NULL DEFAULT false,
+        write_token TEXT NOT NULL,
+        CONSTRAINT streams_path_key UNIQUE (path)
+    );
+    CREATE INDEX streams_fork_id ON {s}.streams (fork_id) WHERE fork_id IS NOT NULL;
+
+    CREATE TABLE {s}.stream_messages (
+        stream_id BIGINT NOT NULL,
+        msg_offset BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (stream_id, msg_offset)
+    );
+
+    CREATE TABLE {s}.stream_producers (
+        stream_id BIGINT NOT NULL,
+        producer_id TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (stream_id, producer_id)
+    );
+    "#,
+    ),
+];
 
 /// The schema name as a quoted identifier (the name is already validated: no quotes inside).
 pub(crate) fn quoted(schema: &str) -> String {

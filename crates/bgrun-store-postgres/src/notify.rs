@@ -1,4 +1,5 @@
-//! LISTEN/NOTIFY: hints that a run's log grew or that a cancel was requested, for every replica.
+//! LISTEN/NOTIFY: hints that a run's log grew, that a cancel was requested or that a durable
+//! stream changed, for every replica.
 //!
 //! Writers send `pg_notify` right after the transaction that makes the change commits (in a
 //! notification-only transaction, one per batch of writes, so that notifying writes do not
@@ -10,6 +11,7 @@
 
 use std::time::Duration;
 
+use bgrun_core::stream::StreamId;
 use bgrun_core::RunId;
 use futures::StreamExt;
 use tokio::sync::broadcast;
@@ -31,6 +33,11 @@ pub enum Notification {
         /// The run.
         run_id: RunId,
     },
+    /// Durable stream `id` changed: appended to, closed or deleted.
+    Stream {
+        /// The stream.
+        id: StreamId,
+    },
     /// The listener reconnected: notifications may have been missed, re-read the store.
     Resync,
 }
@@ -40,6 +47,7 @@ pub enum Notification {
 pub(crate) struct Channels {
     pub(crate) durable: String,
     pub(crate) cancel: String,
+    pub(crate) stream: String,
 }
 
 impl Channels {
@@ -47,7 +55,14 @@ impl Channels {
         Self {
             durable: format!("{schema}_durable"),
             cancel: format!("{schema}_cancel"),
+            stream: format!("{schema}_stream"),
         }
+    }
+
+    /// The payload of a `Stream` notification: the stream's id, nothing else (a listener
+    /// re-reads the stream; payloads stay far below NOTIFY's 8000-byte limit).
+    pub(crate) fn stream_payload(id: StreamId) -> String {
+        id.to_string()
     }
 
     /// The payload of a `Durable` notification: `run_id:last_event_index`.
@@ -66,13 +81,20 @@ impl Channels {
             Some(Notification::Cancel {
                 run_id: RunId::parse(payload).ok()?,
             })
+        } else if channel == self.stream {
+            Some(Notification::Stream {
+                id: StreamId::new(payload.parse().ok()?),
+            })
         } else {
             None
         }
     }
 
     fn listen_sql(&self) -> String {
-        format!("LISTEN \"{}\"; LISTEN \"{}\";", self.durable, self.cancel)
+        format!(
+            "LISTEN \"{}\"; LISTEN \"{}\"; LISTEN \"{}\";",
+            self.durable, self.cancel, self.stream
+        )
     }
 }
 
@@ -175,6 +197,13 @@ mod tests {
             channels.parse("bgrun_cancel", "a:b"),
             Some(Notification::Cancel { run_id })
         );
+        assert_eq!(
+            channels.parse("bgrun_stream", &Channels::stream_payload(StreamId::new(42))),
+            Some(Notification::Stream {
+                id: StreamId::new(42)
+            })
+        );
+        assert_eq!(channels.parse("bgrun_stream", "x"), None);
         assert_eq!(channels.parse("other_cancel", "x"), None);
         assert_eq!(channels.parse("bgrun_durable", "x"), None);
     }

@@ -4,6 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bgrun_core::stream::{
+    AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
+    StreamId, StreamInfo, StreamMessage, StreamOffset,
+};
 use bgrun_core::{
     async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
     Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
@@ -17,7 +21,7 @@ use crate::fault::RetryPolicy;
 use crate::migrate::{migrate, quoted};
 use crate::notify::{spawn_listener, Channels, Notification};
 use crate::writer::{Command, Writers};
-use crate::{cancel, events, lease, runs};
+use crate::{cancel, events, lease, runs, streams};
 
 /// A [`Store`] on PostgreSQL, shared by any number of replicas.
 ///
@@ -52,6 +56,10 @@ pub(crate) struct Inner {
     pub(crate) writers: Writers,
     /// The set-based statements of the writers' fast path (see [`crate::bulk`]).
     pub(crate) bulk: crate::bulk::Sql,
+    /// The durable streams' statements (see [`crate::streams`]).
+    pub(crate) streams: streams::Sql,
+    /// The appends waiting for their stream's next transaction (see [`crate::streams`]).
+    pub(crate) stream_appends: streams::Queues,
 }
 
 impl Inner {
@@ -121,6 +129,8 @@ impl PostgresStore {
             inner: Arc::new_cyclic(|weak| Inner {
                 pool,
                 bulk: crate::bulk::Sql::new(&quoted_schema),
+                streams: streams::Sql::new(&quoted_schema),
+                stream_appends: streams::Queues::default(),
                 quoted_schema,
                 schema: config.schema,
                 channels,
@@ -133,7 +143,8 @@ impl PostgresStore {
     }
 
     /// Notifications of what any replica commits on this schema: runs' logs growing, cancels
-    /// requested, and [`Notification::Resync`] after the listener reconnected.
+    /// requested, durable streams changing, and [`Notification::Resync`] after the listener
+    /// reconnected.
     ///
     /// A hint, not a log: on `Resync` or `RecvError::Lagged` re-read the store.
     pub fn notifications(&self) -> broadcast::Receiver<Notification> {
@@ -222,6 +233,7 @@ impl Store for PostgresStore {
                 Ok(Notification::Cancel { run_id }) => {
                     bgrun_core::StoreNotification::Cancel { run_id }
                 }
+                Ok(Notification::Stream { id }) => bgrun_core::StoreNotification::Stream { id },
                 // Fell behind the broadcast: what was dropped must be re-read from the tables.
                 Ok(Notification::Resync) | Err(RecvError::Lagged(_)) => {
                     bgrun_core::StoreNotification::Resync
@@ -371,5 +383,43 @@ impl Store for PostgresStore {
 
     async fn orphaned_runs(&self, limit: usize) -> StoreResult<Vec<RunRecord>> {
         lease::orphaned(&self.inner, limit).await
+    }
+
+    fn supports_streams(&self) -> bool {
+        true
+    }
+
+    async fn create_stream(&self, stream: NewStream) -> StoreResult<CreateStreamOutcome> {
+        streams::create(&self.inner, stream).await
+    }
+
+    async fn stream_info(&self, path: &str) -> StoreResult<Option<StreamInfo>> {
+        streams::info_at(&self.inner, path).await
+    }
+
+    async fn append_stream(&self, path: &str, append: StreamAppend) -> StoreResult<AppendOutcome> {
+        streams::append(&self.inner, path, append).await
+    }
+
+    async fn read_stream(
+        &self,
+        id: StreamId,
+        after: StreamOffset,
+        upto: Option<StreamOffset>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StreamMessage>> {
+        streams::read(&self.inner, id, after, upto, max_bytes).await
+    }
+
+    async fn delete_stream(
+        &self,
+        path: &str,
+        only: Option<StreamId>,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        streams::delete(&self.inner, path, only).await
+    }
+
+    async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
+        streams::touch(&self.inner, id, now).await
     }
 }
