@@ -61,6 +61,11 @@ async fn a_json_stream_is_created_appended_and_read_by_offset() {
     assert!(header(&created, "location")
         .unwrap()
         .ends_with("/v1/stream/chat/room-1"));
+    let spaced = put(&f, "chat/room%202", "text/plain", "").await;
+    assert_eq!(
+        header(&spaced, "location"),
+        Some("http://localhost/v1/stream/chat/room%202")
+    );
     let again = put(&f, "chat/room-1", "application/json; charset=utf-8", "").await;
     assert_eq!(again.status, 200);
     let conflict = put(&f, "chat/room-1", "text/plain", "").await;

@@ -12,7 +12,7 @@ mod runs;
 mod write;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -57,6 +57,7 @@ pub(crate) fn routes() -> Router<AppState> {
 async fn dispatch(
     State(state): State<AppState>,
     method: Method,
+    OriginalUri(uri): OriginalUri,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -69,7 +70,7 @@ async fn dispatch(
         return runs::handle(&state, &method, run_id, query.as_deref(), &headers).await;
     }
     let result = match method {
-        Method::PUT => write::create(&state, &path, &headers, body).await,
+        Method::PUT => write::create(&state, &path, uri.path(), &headers, body).await,
         Method::POST => write::append(&state, &path, &headers, body).await,
         Method::DELETE => write::delete(&state, &path).await,
         Method::HEAD => read::head(&state, &path).await,

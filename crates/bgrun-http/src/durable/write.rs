@@ -22,6 +22,7 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 pub(super) async fn create(
     state: &AppState,
     path: &str,
+    uri_path: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -86,7 +87,7 @@ pub(super) async fn create(
         let mut response = StatusCode::CREATED.into_response();
         response
             .headers_mut()
-            .insert(header::LOCATION, value(location(headers, path)));
+            .insert(header::LOCATION, value(location(headers, uri_path)));
         response
     } else {
         StatusCode::OK.into_response()
@@ -100,8 +101,9 @@ pub(super) async fn create(
     Ok(response)
 }
 
-/// The absolute URL of the stream at `path`, as the client reached this server.
-fn location(headers: &HeaderMap, path: &str) -> String {
+/// The absolute URL of the stream at `uri_path` (as the request wrote it, percent-encoded), as
+/// the client reached this server.
+fn location(headers: &HeaderMap, uri_path: &str) -> String {
     let host = text(headers, &header::HOST).unwrap_or("localhost");
     let scheme = text(
         headers,
@@ -109,7 +111,7 @@ fn location(headers: &HeaderMap, path: &str) -> String {
     )
     .filter(|scheme| matches!(*scheme, "http" | "https"))
     .unwrap_or("http");
-    format!("{scheme}://{host}{PREFIX}/{path}")
+    format!("{scheme}://{host}{uri_path}")
 }
 
 /// Whether a `Content-Type` names a media type (`type/subtype`, parameters allowed).
