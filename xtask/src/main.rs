@@ -101,10 +101,12 @@ fn bench(quick: bool) -> Result<()> {
     // The PostgreSQL rows (P1-P3 on PostgreSQL, R1 the live tail across replicas) need a
     // database, provisioned as for test-all and kept alive here.
     let (pg_url, _cluster) = pg::test_database_url()?;
-    let benches: [(&str, &str, &[&str]); 3] = [
+    // `streams` (D1-D3) also starts the Node reference server: it needs node and npm.
+    let benches: [(&str, &str, &[&str]); 4] = [
         ("bgrun", "engine", &["--features", "postgres"]),
         ("bgrun-exec", "replicas", &[]),
         ("bgrun-http", "http", &[]),
+        ("bgrun-http", "streams", &[]),
     ];
     for (package, name, features) in benches {
         let out = out_dir.join(format!("{name}.json"));
