@@ -318,4 +318,25 @@ pub trait Store: Send + Sync + 'static {
         let _ = (id, now);
         Err(StoreError::Unsupported("durable streams"))
     }
+
+    /// The streams expired at `now` ([`StreamInfo::is_expired`]) that are not soft-deleted, as
+    /// `(path, id)`: the earliest [`expiry_deadline`](StreamInfo::expiry_deadline) first,
+    /// streams with the same deadline by id, ascending; at most `limit` of them (0: none).
+    /// Reads only: the caller deletes each with [`delete_stream`](Store::delete_stream), which
+    /// soft-deletes one with forks, so that it is listed no more. TTLs are client `u64`s: a
+    /// deadline saturates at `Millis::MAX` (a TTL too large to count never expires in practice)
+    /// and is never an overflow error.
+    ///
+    /// The engine calls it periodically to delete expired streams nobody touches any more
+    /// (`EngineConfig::stream_sweep_every`). The default refuses with `Unsupported`, as the
+    /// other stream methods do: a store that keeps streams overrides it too (an engine over a
+    /// store that does not keeps deleting expired streams only when they are next touched).
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        let _ = (now, limit);
+        Err(StoreError::Unsupported("listing expired durable streams"))
+    }
 }

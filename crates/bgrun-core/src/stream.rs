@@ -297,17 +297,27 @@ impl StreamInfo {
             .collect()
     }
 
-    /// Whether it has expired at `now`: past its `Stream-Expires-At`, or idle for longer than
-    /// its `Stream-TTL`.
-    pub fn is_expired(&self, now: Millis) -> bool {
+    /// The first time at which it is expired ([`is_expired`](Self::is_expired)): its
+    /// `Stream-Expires-At`, or its last access plus its `Stream-TTL`; `None`: it never expires.
+    /// Saturates at [`Millis::MAX`] rather than overflowing, so a TTL too large to count never
+    /// expires in practice. Stores order expired streams by it
+    /// ([`Store::expired_streams`](crate::Store::expired_streams)).
+    pub fn expiry_deadline(&self) -> Option<Millis> {
         match &self.expiry {
-            None => false,
-            Some(StreamExpiry::At { at, .. }) => now >= *at,
+            None => None,
+            Some(StreamExpiry::At { at, .. }) => Some(*at),
             Some(StreamExpiry::Ttl { secs }) => {
                 let idle = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-                now >= self.last_access.saturating_add(idle)
+                Some(self.last_access.saturating_add(idle))
             }
         }
+    }
+
+    /// Whether it has expired at `now`: past its `Stream-Expires-At`, or idle for longer than
+    /// its `Stream-TTL` (`now` at or past its [`expiry_deadline`](Self::expiry_deadline)).
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expiry_deadline()
+            .is_some_and(|deadline| now >= deadline)
     }
 }
 
@@ -685,14 +695,40 @@ mod tests {
     #[test]
     fn expiry_counts_from_the_last_access() {
         let mut s = stream();
+        assert_eq!(s.expiry_deadline(), None);
+        assert!(!s.is_expired(Millis::MAX));
         s.expiry = Some(StreamExpiry::Ttl { secs: 2 });
         s.last_access = 10_000;
+        assert_eq!(s.expiry_deadline(), Some(12_000));
         assert!(!s.is_expired(11_999));
         assert!(s.is_expired(12_000));
         s.forks = 1;
         let mut a = append(None);
         a.now = 12_000;
         assert_eq!(plan_append(Some(&s), None, &a), Err(AppendOutcome::Gone));
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let mut s = stream();
+        s.last_access = 10_000;
+        // Past i64::MAX seconds, as milliseconds, past i64::MAX when added: all saturate.
+        for secs in [
+            u64::MAX,
+            1 << 63,
+            9_223_372_036_854_776,
+            9_223_372_036_854_775,
+        ] {
+            s.expiry = Some(StreamExpiry::Ttl { secs });
+            assert_eq!(s.expiry_deadline(), Some(Millis::MAX), "{secs}");
+            assert!(!s.is_expired(Millis::MAX - 1), "{secs}");
+            assert!(s.is_expired(Millis::MAX), "{secs}");
+        }
+        s.expiry = Some(StreamExpiry::At {
+            text: "t".into(),
+            at: 5,
+        });
+        assert_eq!(s.expiry_deadline(), Some(5));
     }
 
     #[test]

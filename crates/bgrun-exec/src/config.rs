@@ -28,6 +28,12 @@ pub struct EngineConfig {
     pub exclusive_store: bool,
     /// How long `cancel` waits for a running run to stop before answering `RUNNING`. Default 5 s.
     pub cancel_wait: Duration,
+    /// How often expired durable streams are deleted (soft-deleted while forked) when the store
+    /// keeps streams, so that a stream nobody touches again does not keep its rows; the first
+    /// sweep runs one period after open. Between sweeps an expired stream is already gone for
+    /// its readers and writers (it is deleted when next touched). Zero turns the sweep off.
+    /// Default 60 s.
+    pub stream_sweep_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +48,7 @@ impl Default for EngineConfig {
             lease_renew_every: Duration::from_secs(5),
             exclusive_store: false,
             cancel_wait: Duration::from_secs(5),
+            stream_sweep_every: Duration::from_secs(60),
         }
     }
 }

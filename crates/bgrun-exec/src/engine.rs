@@ -209,7 +209,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens an engine over `store`, taking over what a dead process left behind (runs it
     /// executed end `ERROR` "interrupted" or run again when retryable; `PENDING` runs are queued
-    /// again), and starts its background tasks (eviction, leases, recovery).
+    /// again), and starts its background tasks (eviction, the sweep of expired durable streams,
+    /// leases, recovery).
     pub async fn open(
         store: Arc<dyn Store>,
         registry: Registry,

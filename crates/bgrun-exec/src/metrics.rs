@@ -275,4 +275,12 @@ impl Store for CountingStore {
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
         self.inner.touch_stream(id, now).await
     }
+
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        self.inner.expired_streams(now, limit).await
+    }
 }

@@ -1,6 +1,7 @@
 //! Taking over what a dead process left: its `RUNNING` runs end `ERROR` "interrupted" (or run
 //! again when retryable), its `PENDING` ones are queued again. Also the engine's background
-//! tasks: eviction, lease renewal, and the search for lapsed leases.
+//! tasks: eviction, the sweep of expired durable streams, lease renewal, and the search for
+//! lapsed leases.
 
 use bgrun_core::{
     Event, LeaseGrant, Outcome, RunFilter, RunRecord, RunStatus, Transition, TransitionOutcome,
@@ -206,7 +207,8 @@ fn own_content(event: &Event, run: &RunRecord) -> Option<String> {
     }
 }
 
-/// Spawns eviction, lease renewal and orphan recovery; all stop at shutdown.
+/// Spawns eviction, the expired-stream sweep, lease renewal and orphan recovery; all stop at
+/// shutdown.
 pub(crate) fn spawn_background(engine: &Engine) {
     let inner = &engine.inner;
     inner.tracker.spawn(
@@ -215,6 +217,15 @@ pub(crate) fn spawn_background(engine: &Engine) {
             .clone()
             .run_evictor(inner.config.eviction_period, inner.closing.clone()),
     );
+    // On every store that keeps streams, exclusive or not: expired streams are data either way.
+    // Zero turns it off (a zero-period interval would panic).
+    if inner.store.supports_streams() && !inner.config.stream_sweep_every.is_zero() {
+        inner.tracker.spawn(crate::streams::sweep::run(
+            inner.streams.clone(),
+            inner.config.stream_sweep_every,
+            inner.closing.clone(),
+        ));
+    }
     if inner.config.exclusive_store {
         // Nobody else executes runs on this store: no leases to renew, no orphans to find.
         return;

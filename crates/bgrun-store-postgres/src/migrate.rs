@@ -117,6 +117,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        // Finding expired streams (`Store::expired_streams`). Streams with a Stream-Expires-At
+        // by that time; TTL streams by id alone. A TTL stream's deadline moves with
+        // `last_access`, which every append and read writes: an index over `last_access` would
+        // make each of those updates non-HOT (new entries in every index of `streams`), a cost
+        // on the hot path to save the sweep, once a minute, reading the TTL streams' rows.
+        // Soft-deleted streams and streams that never expire are left out of both.
+        r#"
+    CREATE INDEX streams_expires_at ON {s}.streams (expires_at, id)
+        WHERE ttl_secs IS NULL AND expires_text IS NOT NULL AND NOT soft_deleted;
+    CREATE INDEX streams_ttl ON {s}.streams (id)
+        WHERE ttl_secs IS NOT NULL AND NOT soft_deleted;
+    "#,
+    ),
 ];
 
 /// The schema name as a quoted identifier (the name is already validated: no quotes inside).

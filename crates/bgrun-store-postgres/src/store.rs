@@ -422,4 +422,12 @@ impl Store for PostgresStore {
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
         streams::touch(&self.inner, id, now).await
     }
+
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        streams::expired(&self.inner, now, limit).await
+    }
 }

@@ -82,7 +82,20 @@ pub(crate) struct Sql {
     drop_fork: String,
     read: String,
     touch: String,
+    expired: String,
 }
+
+/// A TTL stream's [`StreamInfo::expiry_deadline`] in SQL: its last access plus its TTL,
+/// saturating at i64::MAX. The TTL is a client u64 stored bit for bit, so a negative one is one
+/// past i64::MAX seconds. CASE evaluates only the branch it takes, so no product or sum here
+/// can overflow (PostgreSQL would fail the query).
+const TTL_DEADLINE: &str = "CASE \
+     WHEN ttl_secs < 0 OR ttl_secs > 9223372036854775 THEN \
+         CASE WHEN last_access > 0 THEN 9223372036854775807 \
+              ELSE last_access + 9223372036854775807 END \
+     WHEN last_access > 9223372036854775807 - ttl_secs * 1000 THEN 9223372036854775807 \
+     ELSE last_access + ttl_secs * 1000 \
+     END";
 
 impl Sql {
     pub(crate) fn new(quoted_schema: &str) -> Self {
@@ -158,6 +171,21 @@ impl Sql {
             touch: sql(
                 "UPDATE {s}.streams SET last_access = $2 WHERE id = $1 AND last_access < $2",
             ),
+            // Each half matches its partial index of migration 3 (Expires-At streams in
+            // deadline order; TTL streams, whose deadline is computed from their row) and is
+            // limited on its own, so that a backlog of expired streams is never sorted whole.
+            // A row with both a TTL and an Expires-At is a TTL stream, as `decode` reads it.
+            expired: sql(&format!(
+                "SELECT path, id FROM ( \
+                     (SELECT path, id, expires_at AS deadline FROM {{s}}.streams \
+                     WHERE ttl_secs IS NULL AND expires_text IS NOT NULL AND NOT soft_deleted \
+                     AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2) \
+                     UNION ALL \
+                     (SELECT path, id, {TTL_DEADLINE} AS deadline FROM {{s}}.streams \
+                     WHERE ttl_secs IS NOT NULL AND NOT soft_deleted \
+                     AND {TTL_DEADLINE} <= $1 ORDER BY deadline, id LIMIT $2) \
+                 ) expired ORDER BY deadline, id LIMIT $2"
+            )),
         }
     }
 }
@@ -1134,6 +1162,30 @@ async fn delete_in(
     check_notified(notified, stream.id);
     settle(open, [], committed, Unknown::Fail(CONTEXT))?;
     Ok(DeleteStreamOutcome::Deleted)
+}
+
+pub(crate) async fn expired(
+    inner: &Inner,
+    now: Millis,
+    limit: usize,
+) -> StoreResult<Vec<(String, StreamId)>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    inner
+        .retry
+        .run("listing expired streams", |_| async {
+            let client = inner.pool.get().await?;
+            let statement = client.prepare_cached(&inner.streams.expired).await?;
+            let rows = client.query(&statement, &[&now, &limit]).await?;
+            rows.iter()
+                .map(|row| -> Result<_, Failure> {
+                    Ok((row.try_get(0)?, StreamId::new(row.try_get(1)?)))
+                })
+                .collect()
+        })
+        .await
 }
 
 pub(crate) async fn touch(inner: &Inner, id: StreamId, now: Millis) -> StoreResult<()> {

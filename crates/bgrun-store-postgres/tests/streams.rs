@@ -372,6 +372,57 @@ async fn client_chosen_numbers_round_trip_whatever_their_size() {
     );
 }
 
+/// `expired_streams` computes deadlines in SQL from TTLs stored as bit patterns: at extreme
+/// TTLs, last accesses and times it lists exactly what `StreamInfo::is_expired` says, in
+/// `StreamInfo::expiry_deadline` order, and never fails with an overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_streams_agree_with_the_model_at_extreme_values() {
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    let times = [Millis::MIN, -5_000, 0, NOW, Millis::MAX - 1, Millis::MAX];
+    let ttls = [
+        0,
+        1,
+        9_223_372_036_854_775,
+        9_223_372_036_854_776,
+        i64::MAX as u64,
+        1 << 63,
+        u64::MAX,
+    ];
+    let mut made = Vec::new();
+    for (n, created) in times.into_iter().enumerate() {
+        let expiries = ttls
+            .iter()
+            .map(|&secs| StreamExpiry::Ttl { secs })
+            .chain(times.map(|at| StreamExpiry::At {
+                text: at.to_string(),
+                at,
+            }));
+        for (m, expiry) in expiries.enumerate() {
+            let new = NewStream {
+                expiry: Some(expiry),
+                now: created,
+                ..new_stream(&format!("edge/{n}/{m}"), &[])
+            };
+            made.push(create(&store, new).await);
+        }
+    }
+    made.push(create(&store, new_stream("edge/never", &[])).await);
+    for now in times {
+        let mut expected: Vec<&StreamInfo> = made.iter().filter(|s| s.is_expired(now)).collect();
+        expected.sort_by_key(|s| (s.expiry_deadline(), s.id));
+        let expected: Vec<(String, StreamId)> = expected
+            .into_iter()
+            .map(|s| (s.path.clone(), s.id))
+            .collect();
+        assert_eq!(
+            store.expired_streams(now, usize::MAX).await.unwrap(),
+            expected,
+            "at {now}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_last_fork_removes_soft_deleted_sources_up_the_chain() {
     let schema = TestSchema::new();

@@ -118,6 +118,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (stream_id, producer_id)
     ) WITHOUT ROWID;
     "#,
+    // 3: the streams that expire, by the time they expire (`Store::expired_streams`). The
+    // expression is `StreamInfo::expiry_deadline`: a TTL stream's last access plus its TTL
+    // (saturating at i64::MAX: the TTL is a client u64 kept bit for bit, so a negative one is
+    // one past i64::MAX seconds), else its Stream-Expires-At. `streams::EXPIRY_DEADLINE` must
+    // stay this very expression, or the query no longer uses the index (a test checks it). The
+    // rowid (the id) is the index's implicit last column: ties come out by id. Streams that
+    // never expire, and soft-deleted ones, are left out.
+    r#"
+    CREATE INDEX streams_expiry ON streams (
+        CASE
+            WHEN ttl_secs IS NULL THEN CASE WHEN expires_at_text IS NOT NULL THEN expires_at END
+            WHEN ttl_secs < 0 OR ttl_secs > 9223372036854775 THEN
+                CASE WHEN last_access > 0 THEN 9223372036854775807
+                     ELSE last_access + 9223372036854775807 END
+            WHEN last_access > 9223372036854775807 - ttl_secs * 1000 THEN 9223372036854775807
+            ELSE last_access + ttl_secs * 1000
+        END
+    ) WHERE soft_deleted = 0 AND (ttl_secs IS NOT NULL OR expires_at_text IS NOT NULL);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -317,6 +317,19 @@ impl Store for SqliteStore {
         self.write(|reply| Command::TouchStream { id, now, reply })
             .await
     }
+
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.readers
+            .with(move |conn| streams::expired(conn, now, limit))
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ fn invalid(
 }
 
 /// A client's u64 (an epoch, a sequence number, a sub-offset, a TTL) as SQLite keeps it: the
-/// same 64 bits. These are only stored and handed back, never compared in SQL, so values past
-/// `i64::MAX` need no refusal.
+/// same 64 bits, so values past `i64::MAX` need no refusal. Only the TTL is ever compared in
+/// SQL ([`EXPIRY_DEADLINE`]), which reads a negative one as the huge TTL it is.
 fn bits_to_sql(value: u64) -> i64 {
     i64::from_ne_bytes(value.to_ne_bytes())
 }
@@ -463,6 +463,46 @@ pub(crate) fn touch(conn: &Connection, id: StreamId, now: Millis) -> StoreResult
     Ok(())
 }
 
+/// [`StreamInfo::expiry_deadline`] in SQL: the expression of the `streams_expiry` index
+/// (migration 3), which the query below must repeat exactly for SQLite to use the index. CASE
+/// branches keep every product and sum inside i64 (SQLite would turn an overflow into a REAL).
+const EXPIRY_DEADLINE: &str = "CASE \
+     WHEN ttl_secs IS NULL THEN CASE WHEN expires_at_text IS NOT NULL THEN expires_at END \
+     WHEN ttl_secs < 0 OR ttl_secs > 9223372036854775 THEN \
+         CASE WHEN last_access > 0 THEN 9223372036854775807 \
+              ELSE last_access + 9223372036854775807 END \
+     WHEN last_access > 9223372036854775807 - ttl_secs * 1000 THEN 9223372036854775807 \
+     ELSE last_access + ttl_secs * 1000 \
+     END";
+
+/// The query of [`expired`]: the `streams_expiry` index's own condition (so that SQLite may use
+/// the partial index), then a range of it, in its order.
+fn expired_query() -> String {
+    format!(
+        "SELECT path, id FROM streams \
+         WHERE soft_deleted = 0 AND (ttl_secs IS NOT NULL OR expires_at_text IS NOT NULL) \
+         AND {EXPIRY_DEADLINE} <= ?1 \
+         ORDER BY {EXPIRY_DEADLINE}, id LIMIT ?2"
+    )
+}
+
+/// `Store::expired_streams`: a range scan of the `streams_expiry` index, up to `now`.
+pub(crate) fn expired(
+    conn: &Connection,
+    now: Millis,
+    limit: usize,
+) -> StoreResult<Vec<(String, StreamId)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(&expired_query())
+        .and_then(|mut stmt| {
+            stmt.query_map(params![now, limit], |row| {
+                Ok((row.get(0)?, StreamId::new(row.get(1)?)))
+            })?
+            .collect()
+        })
+        .map_err(sql("listing expired streams"))
+}
+
 /// `Store::stream_info`.
 pub(crate) fn info(conn: &Connection, path: &str) -> StoreResult<Option<StreamInfo>> {
     by_path(conn, path)
@@ -508,4 +548,97 @@ pub(crate) fn read(
         }
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema;
+
+    fn migrated() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("s.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        (dir, conn)
+    }
+
+    fn stream(path: &str, expiry: Option<StreamExpiry>, now: Millis) -> NewStream {
+        NewStream {
+            path: path.into(),
+            content_type: "text/plain".into(),
+            expiry,
+            closed: false,
+            fork: None,
+            messages: Vec::new(),
+            now,
+        }
+    }
+
+    #[test]
+    fn the_sql_deadline_is_the_models_whatever_the_ttl() {
+        let (_dir, conn) = migrated();
+        let ttls = [
+            0,
+            1,
+            9_223_372_036_854_775,
+            9_223_372_036_854_776,
+            i64::MAX as u64,
+            1 << 63,
+            u64::MAX,
+        ];
+        let times = [i64::MIN, -5_000, 0, 1_700_000_000_000, i64::MAX];
+        let mut n = 0;
+        for secs in ttls {
+            for now in times {
+                n += 1;
+                let new = stream(&format!("ttl/{n}"), Some(StreamExpiry::Ttl { secs }), now);
+                let CreateStreamOutcome::Created(info) = create(&conn, new).unwrap() else {
+                    panic!("not created");
+                };
+                let deadline: Option<i64> = conn
+                    .query_row(
+                        &format!("SELECT {EXPIRY_DEADLINE} FROM streams WHERE id = ?1"),
+                        [info.id.get()],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(deadline, info.expiry_deadline(), "ttl {secs} s at {now}");
+            }
+        }
+        let at = StreamExpiry::At {
+            text: "then".into(),
+            at: 42,
+        };
+        for (path, expiry) in [("at", Some(at)), ("never", None)] {
+            let CreateStreamOutcome::Created(info) =
+                create(&conn, stream(path, expiry, 0)).unwrap()
+            else {
+                panic!("not created");
+            };
+            let deadline: Option<i64> = conn
+                .query_row(
+                    &format!("SELECT {EXPIRY_DEADLINE} FROM streams WHERE id = ?1"),
+                    [info.id.get()],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(deadline, info.expiry_deadline(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_expired_streams_query_walks_the_index_in_its_order() {
+        let (_dir, conn) = migrated();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", expired_query()))
+            .unwrap()
+            .query_map(params![0, 10], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("USING INDEX streams_expiry"), "{plan}");
+        // Sorted by the index itself, not afterwards.
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 }

@@ -74,6 +74,10 @@
 //! - [`streams_forks`](checks::streams_forks), [`streams_expiry`](checks::streams_expiry): a
 //!   soft-deleted fork still counts in its source's `forks` (its own forks read through it);
 //!   `touch_stream` of a missing stream is `Ok`.
+//! - [`streams_expired_listing`](checks::streams_expired_listing): `expired_streams` lists what
+//!   `StreamInfo::is_expired` says, earliest deadline first and ties by id, never soft-deleted
+//!   streams, and computes deadlines of TTLs past `i64::MAX` (seconds or milliseconds) without
+//!   overflowing; listing writes nothing.
 //! - [`streams_concurrency`](checks::streams_concurrency): one producer write sent twice at
 //!   once is taken once; concurrent appends get every offset exactly once.
 //! - [`streams_persistence`](checks::streams_persistence): streams, messages, producer state,

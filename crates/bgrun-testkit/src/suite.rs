@@ -81,6 +81,10 @@ pub async fn conformance(
             on_streams(harness, checks::streams_expiry),
         ),
         (
+            "streams_expired_listing",
+            on_streams(harness, checks::streams_expired_listing),
+        ),
+        (
             "streams_concurrency",
             on_streams(harness, checks::streams_concurrency),
         ),

@@ -45,6 +45,8 @@ enum Flaw {
     /// Deleting the last fork of a soft-deleted source removes the fork only: the source stays
     /// soft-deleted, its path taken.
     DeleteDoesNotCascade,
+    /// `expired_streams` lists the latest deadline first.
+    ListsExpiredLatestFirst,
 }
 
 #[derive(Debug)]
@@ -262,6 +264,20 @@ impl Store for Broken {
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
         self.inner.touch_stream(id, now).await
     }
+
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        if self.flaw == Flaw::ListsExpiredLatestFirst {
+            let mut all = self.inner.expired_streams(now, usize::MAX).await?;
+            all.reverse();
+            all.truncate(limit);
+            return Ok(all);
+        }
+        self.inner.expired_streams(now, limit).await
+    }
 }
 
 /// Fresh example stores; `reopen` hands back the same store (memory "persists" while the `Arc`
@@ -417,9 +433,9 @@ async fn a_store_without_streams_skips_the_stream_checks() {
         .copied()
         .filter(|name| name.starts_with("streams_"))
         .collect();
-    assert_eq!(expected.len(), 9);
+    assert_eq!(expected.len(), 10);
     // The run persistence check runs between the stream checks and the stream persistence one.
-    expected.insert(8, "persistence");
+    expected.insert(9, "persistence");
     assert_eq!(skipped, expected);
     for skipped in &report.skipped {
         if skipped.check != "persistence" {
@@ -434,7 +450,7 @@ async fn a_store_without_streams_skips_the_stream_checks() {
     assert!(report
         .to_string()
         .contains("Store::supports_streams is false"));
-    assert_eq!(report.passed.len(), checks::NAMES.len() - 10);
+    assert_eq!(report.passed.len(), checks::NAMES.len() - 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -490,6 +506,21 @@ async fn a_store_whose_deletes_do_not_cascade_fails_forks_and_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_lists_expired_streams_latest_first_fails_the_listing() {
+    let failures = failures(Flaw::ListsExpiredLatestFirst).await;
+    assert_eq!(failures.names(), ["streams_expired_listing"], "{failures}");
+    let message = failures
+        .failure("streams_expired_listing")
+        .unwrap()
+        .message();
+    assert!(
+        message.starts_with("expired_streams(now 1700000003000, limit 100)")
+            && message.contains(r#"expected [("sweep/source", "#),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_store_fails_only_the_check_that_panicked() {
     let failures = failures(Flaw::PanicsOnCancelRequested).await;
     assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
@@ -503,7 +534,7 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 24 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 25 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;

@@ -611,6 +611,33 @@ impl Store for MemoryStore {
         Ok(DeleteStreamOutcome::Deleted)
     }
 
+    async fn expired_streams(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, StreamId)>> {
+        let state = self.state();
+        // A scan of every stream: fine for an example; a store with many streams keeps them
+        // ordered by deadline (the bundled stores index it).
+        let mut expired: Vec<(Millis, StreamId, &str)> = state
+            .streams
+            .by_id
+            .values()
+            .map(|stream| &stream.info)
+            .filter(|info| !info.soft_deleted && info.is_expired(now))
+            .filter_map(|info| {
+                let deadline = info.expiry_deadline()?;
+                Some((deadline, info.id, info.path.as_str()))
+            })
+            .collect();
+        expired.sort_unstable();
+        Ok(expired
+            .into_iter()
+            .take(limit)
+            .map(|(_, id, path)| (path.to_owned(), id))
+            .collect())
+    }
+
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {
         if let Some(stream) = self.state().streams.by_id.get_mut(&id) {
             stream.info.last_access = stream.info.last_access.max(now);

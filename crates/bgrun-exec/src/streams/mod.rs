@@ -1,13 +1,14 @@
 //! Durable streams over the engine's store: what the Durable Streams protocol asks of a server
-//! beyond storing (JSON mode, forks resolved against their source, expiry applied on access,
-//! reads across a fork's segments, waiting at the tail), so that any front end (bgrun-http's
-//! `/v1/stream`) only maps its requests.
+//! beyond storing (JSON mode, forks resolved against their source, expiry applied on access and
+//! by a periodic sweep, reads across a fork's segments, waiting at the tail), so that any front
+//! end (bgrun-http's `/v1/stream`) only maps its requests.
 //!
 //! Delivery follows durability: a reader is woken only once the store has committed the write,
 //! and reads come from the store.
 
 mod hub;
 pub mod json;
+pub(crate) mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;

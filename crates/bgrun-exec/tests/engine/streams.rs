@@ -1,10 +1,10 @@
 //! Durable streams through `Engine::streams`: JSON mode, forks with sub-offsets, reads across
-//! segments in chunks, waiting at the tail; on PostgreSQL, a reader on one replica woken by an
-//! append on another.
+//! segments in chunks, waiting at the tail, expired streams swept without being touched; on
+//! PostgreSQL, a reader on one replica woken by an append on another.
 
 use std::time::Duration;
 
-use bgrun_core::stream::{AppendOutcome, StreamOffset};
+use bgrun_core::stream::{now_millis, AppendOutcome, StreamExpiry, StreamInfo, StreamOffset};
 use bgrun_exec::streams::{AppendStream, CreateStream, ForkRequest, StreamError, Streams};
 use bgrun_exec::{Engine, EngineConfig};
 use bytes::Bytes;
@@ -152,9 +152,125 @@ async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backe
     assert_eq!(waited.info.tail, StreamOffset::new(1));
 }
 
+/// Polls the store (no sleep standing in for the sweep: the loop ends as soon as `done` holds)
+/// until `done` holds for the streams at `paths`, or fails after a bound.
+async fn until_store_shows(
+    engine: &Engine,
+    paths: &[&str],
+    done: impl Fn(&[Option<StreamInfo>]) -> bool,
+) -> Vec<Option<StreamInfo>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for path in paths {
+            seen.push(engine.store().stream_info(path).await.unwrap());
+        }
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep did not get to {paths:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn expired_streams_are_swept_without_being_touched(backend: Backend) {
+    let f = fixture_with(backend, |config| EngineConfig {
+        stream_sweep_every: Duration::from_millis(50),
+        ..config
+    })
+    .await;
+    let streams = f.engine.streams().clone();
+    let soon = now_millis() + 300;
+    let text = |path: &str, expiry: Option<StreamExpiry>, body: &'static [u8]| CreateStream {
+        path: path.into(),
+        content_type: Some("text/plain".into()),
+        expiry,
+        body: Bytes::from_static(body),
+        ..CreateStream::default()
+    };
+    let at = || {
+        Some(StreamExpiry::At {
+            text: "in 300 ms".into(),
+            at: soon,
+        })
+    };
+    let ttl = streams
+        .create(text("swept/ttl", Some(StreamExpiry::Ttl { secs: 1 }), b"t"))
+        .await
+        .unwrap()
+        .info;
+    let source = streams
+        .create(text("swept/source", at(), b"s"))
+        .await
+        .unwrap()
+        .info;
+    // Its fork outlives it: the sweep can only soft-delete the source.
+    streams
+        .create(CreateStream {
+            path: "swept/fork".into(),
+            expiry: Some(StreamExpiry::Ttl { secs: 3600 }),
+            fork: Some(ForkRequest {
+                source: "swept/source".into(),
+                offset: None,
+                sub_offset: 0,
+            }),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    streams
+        .create(text("swept/kept", None, b"k"))
+        .await
+        .unwrap();
+    streams
+        .create(text("swept/waited", at(), b""))
+        .await
+        .unwrap();
+    let waiter = {
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            streams
+                .wait("swept/waited", StreamOffset::ZERO, Duration::from_secs(30))
+                .await
+        })
+    };
+    readers_waiting(&f.engine, 1).await;
+
+    // From here on nobody reads, appends to or creates these streams: only the sweep can
+    // delete them.
+    let paths = ["swept/ttl", "swept/source", "swept/waited"];
+    let seen = until_store_shows(&f.engine, &paths, |seen| {
+        seen[0].is_none() && seen[1].as_ref().is_some_and(|s| s.soft_deleted) && seen[2].is_none()
+    })
+    .await;
+    assert_eq!(seen[1].as_ref().unwrap().id, source.id);
+    // The TTL stream's messages went with it.
+    assert!(f
+        .engine
+        .store()
+        .read_stream(ttl.id, StreamOffset::ZERO, None, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    // The reader waiting at the tail was woken by the sweep (long before its 30 s) and found
+    // the stream gone.
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiting reader was not woken")
+        .unwrap();
+    assert!(matches!(waited, Err(StreamError::NotFound)), "{waited:?}");
+    // The fork still reads the soft-deleted source's message; what does not expire stays.
+    assert_eq!(texts(&streams, "swept/fork", 0, usize::MAX).await, ["s"]);
+    assert_eq!(texts(&streams, "swept/kept", 0, usize::MAX).await, ["k"]);
+}
+
 crate::on_every_store!(
     json_values_are_kept_as_sent_and_forks_read_through_their_source,
     a_reader_waiting_at_the_tail_is_woken_by_the_next_append,
+    expired_streams_are_swept_without_being_touched,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,13 +25,14 @@ pub use persistence::{persistence, Persistence};
 pub use runs::{create_and_get, duplicates_and_idempotency};
 pub use status::{cas_races, transitions};
 pub use streams::{
-    streams_append_and_read, streams_close, streams_concurrency, streams_create, streams_expiry,
-    streams_forks, streams_persistence, streams_producers, streams_stream_seq, STREAMS_UNSUPPORTED,
+    streams_append_and_read, streams_close, streams_concurrency, streams_create,
+    streams_expired_listing, streams_expiry, streams_forks, streams_persistence, streams_producers,
+    streams_stream_seq, STREAMS_UNSUPPORTED,
 };
 
 /// The names of the checks, in the order [`conformance`](crate::conformance) runs them; failures
 /// and reports name checks this way.
-pub const NAMES: [&str; 24] = [
+pub const NAMES: [&str; 25] = [
     "create_and_get",
     "duplicates_and_idempotency",
     "transitions",
@@ -53,6 +54,7 @@ pub const NAMES: [&str; 24] = [
     "streams_close",
     "streams_forks",
     "streams_expiry",
+    "streams_expired_listing",
     "streams_concurrency",
     "persistence",
     "streams_persistence",

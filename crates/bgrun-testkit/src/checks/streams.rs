@@ -1998,6 +1998,203 @@ pub async fn streams_expiry(store: Arc<dyn Store>) -> CheckResult {
     .await
 }
 
+/// Listing expired streams (`expired_streams`): exactly the streams expired at `now`
+/// ([`StreamInfo::is_expired`]) that are not soft-deleted, as `(path, id)`, the earliest
+/// [`StreamInfo::expiry_deadline`] first and equal deadlines by id; at most `limit` (0: none).
+/// A TTL counts from the last access, which a touch moves; TTLs too large to count (past
+/// i64::MAX seconds, or milliseconds, or past i64::MAX once added to the last access) expire at
+/// `Millis::MAX`, with no overflow error. Streams that never expire, soft-deleted ones (an
+/// expired stream with a fork, deleted) and deleted ones are never listed; listing writes
+/// nothing.
+pub async fn streams_expired_listing(store: Arc<dyn Store>) -> CheckResult {
+    let store = &*store;
+    require_streams(store)?;
+    let list = |now: Millis, limit: usize| async move {
+        store
+            .expired_streams(now, limit)
+            .await
+            .succeeds(format!("expired_streams(now {now}, limit {limit})"))
+    };
+    let at = |after: Millis| {
+        Some(StreamExpiry::At {
+            text: format!("NOW + {after} ms"),
+            at: NOW + after,
+        })
+    };
+    let ttl = |secs| Some(StreamExpiry::Ttl { secs });
+    expect_eq(
+        "expired_streams(now Millis::MAX, limit 100) of a store without streams",
+        &list(Millis::MAX, 100).await?,
+        &Vec::new(),
+    )?;
+
+    let mut made: Vec<StreamInfo> = Vec::new();
+    let source = create(
+        store,
+        NewStream {
+            expiry: at(1_000),
+            ..with_messages(new_stream("sweep/source", NOW), &[b"s1"])
+        },
+    )
+    .await?;
+    let fork = NewStream {
+        fork: Some(fork_of(&source, 1)),
+        ..new_stream("sweep/fork", NOW)
+    };
+    made.push(source);
+    made.push(create(store, fork).await?);
+    // TTLs past what a deadline can count, each overflowing another way: past i64::MAX
+    // seconds (stored with the top bit set), past it as milliseconds, past it once added.
+    let huge = [
+        ("sweep/ttl-u64-max", u64::MAX),
+        ("sweep/ttl-2^63", 1 << 63),
+        ("sweep/ttl-ms-overflow", 9_223_372_036_854_776),
+        ("sweep/ttl-sum-overflow", 9_223_372_036_854_775),
+    ];
+    let plain = [
+        ("sweep/at-5", at(5_000)),
+        ("sweep/ttl-10", ttl(10)),
+        ("sweep/ttl-3", ttl(3)),
+        ("sweep/at-7", at(7_000)),
+        ("sweep/never", None),
+    ];
+    for (path, expiry) in plain
+        .into_iter()
+        .chain(huge.map(|(path, secs)| (path, ttl(secs))))
+    {
+        made.push(
+            create(
+                store,
+                NewStream {
+                    expiry,
+                    ..new_stream(path, NOW)
+                },
+            )
+            .await?,
+        );
+    }
+    let id_of = |path: &str| made.iter().find(|s| s.path == path).map(|s| s.id);
+    // The listing expected: groups in deadline order, each group's streams (equal deadlines)
+    // by id.
+    let expected = |groups: &[&[&str]]| -> Vec<(String, StreamId)> {
+        let mut listed = Vec::new();
+        for group in groups {
+            let mut group: Vec<(StreamId, String)> = group
+                .iter()
+                .filter_map(|path| Some((id_of(path)?, (*path).to_owned())))
+                .collect();
+            group.sort();
+            listed.extend(group.into_iter().map(|(id, path)| (path, id)));
+        }
+        listed
+    };
+    let expect_listed = |now: Millis, limit: usize, groups: &[&[&str]], context: &str| {
+        let mut want = expected(groups);
+        want.truncate(limit);
+        let what = format!("expired_streams(now {now}, limit {limit}) {context}");
+        async move { expect_eq(what, &list(now, limit).await?, &want) }
+    };
+
+    expect_listed(NOW + 999, 100, &[], "(1 ms before the first expiry)").await?;
+    expect_listed(
+        NOW + 1_000,
+        100,
+        &[&["sweep/source"]],
+        "(at sweep/source's Stream-Expires-At; its fork does not expire)",
+    )
+    .await?;
+    expect_listed(
+        NOW + 3_000,
+        100,
+        &[&["sweep/source"], &["sweep/ttl-3"]],
+        "(sweep/ttl-3 idle for its 3 s TTL)",
+    )
+    .await?;
+    let ttl_3 = info(store, "sweep/ttl-3", "before touching it").await?;
+    store
+        .touch_stream(ttl_3.id, NOW + 4_000)
+        .await
+        .succeeds(format!("touch_stream(id {}, NOW + 4000)", ttl_3.id))?;
+    expect_listed(
+        NOW + 3_000,
+        100,
+        &[&["sweep/source"]],
+        "after touching sweep/ttl-3 at NOW + 4000 (its TTL counts from the touch)",
+    )
+    .await?;
+    let until_7 = [
+        &["sweep/source"][..],
+        &["sweep/at-5"],
+        &["sweep/ttl-3", "sweep/at-7"],
+    ];
+    expect_listed(
+        NOW + 7_000,
+        100,
+        &until_7,
+        "(sweep/ttl-3, touched at NOW + 4000, and sweep/at-7 both expire at NOW + 7000: by id)",
+    )
+    .await?;
+    for limit in [0, 1, 2, 3] {
+        expect_listed(NOW + 7_000, limit, &until_7, "(a limited page)").await?;
+    }
+    expect_info(
+        store,
+        "sweep/ttl-3",
+        &StreamInfo {
+            last_access: NOW + 4_000,
+            ..ttl_3.clone()
+        },
+        "after listing it as expired (listing writes nothing)",
+    )
+    .await?;
+
+    let source_id = id_of("sweep/source");
+    delete(
+        store,
+        "sweep/source",
+        source_id,
+        DeleteStreamOutcome::SoftDeleted,
+        "(expired, with a fork)",
+    )
+    .await?;
+    expect_listed(
+        NOW + 7_000,
+        100,
+        &until_7[1..],
+        "after sweep/source was soft-deleted (soft-deleted streams are not listed)",
+    )
+    .await?;
+    delete(
+        store,
+        "sweep/at-5",
+        id_of("sweep/at-5"),
+        DeleteStreamOutcome::Deleted,
+        "(expired)",
+    )
+    .await?;
+    let expiring = [&["sweep/ttl-3", "sweep/at-7"][..], &["sweep/ttl-10"]];
+    expect_listed(NOW + 10_000, 100, &expiring, "after sweep/at-5 was deleted").await?;
+    expect_listed(
+        Millis::MAX - 1,
+        100,
+        &expiring,
+        "(the streams with TTLs too large to count expire at Millis::MAX)",
+    )
+    .await?;
+    let huge_paths = huge.map(|(path, _)| path);
+    let everything = [expiring[0], expiring[1], &huge_paths[..]];
+    for limit in [100, 4] {
+        expect_listed(
+            Millis::MAX,
+            limit,
+            &everything,
+            "(every stream that expires at all; sweep/never and sweep/fork do not)",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// How many tasks [`streams_concurrency`] runs, and how many appends each makes.
 const TASKS: u64 = 20;
 const APPENDS: u64 = 50;
