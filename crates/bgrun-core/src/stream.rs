@@ -219,8 +219,13 @@ impl NewStream {
             }
             _ => false,
         };
+        // An expiry is the same when it is the same instant, however it was written.
+        let same_expiry = match (&self.expiry, &existing.expiry) {
+            (Some(StreamExpiry::At { at: a, .. }), Some(StreamExpiry::At { at: b, .. })) => a == b,
+            (a, b) => a == b,
+        };
         media_type(&self.content_type) == media_type(&existing.content_type)
-            && self.expiry == existing.expiry
+            && same_expiry
             && self.closed == existing.closed
             && fork_matches
     }

@@ -48,6 +48,19 @@ pub(crate) async fn require_key(
     next.run(request).await
 }
 
+/// [`require_key`] for the Durable Streams routes: a CORS preflight (`OPTIONS`) carries no
+/// credentials, so it passes (it reads and writes nothing).
+pub(crate) async fn require_key_but_preflight(
+    state: State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == axum::http::Method::OPTIONS {
+        return next.run(request).await;
+    }
+    require_key(state, request, next).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

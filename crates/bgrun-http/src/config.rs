@@ -22,6 +22,9 @@ pub struct HttpConfig {
     /// How long a Durable Streams long-poll read waits at the tail before it answers 204, and
     /// how often an SSE read at the tail sends a control event. Default 10 s.
     pub stream_long_poll: Duration,
+    /// How long a Durable Streams SSE read stays open before the server ends it (after a
+    /// control event; the client reconnects from its offset). Default 60 s.
+    pub stream_sse_lifetime: Duration,
     /// How long [`serve`](crate::serve) waits, once shutdown starts, for open requests to end
     /// before it returns anyway. Default 3 s.
     pub shutdown_timeout: Duration,
@@ -35,6 +38,7 @@ impl Default for HttpConfig {
             keepalive: Duration::from_secs(15),
             stream_body_limit: 16 * 1024 * 1024,
             stream_long_poll: Duration::from_secs(10),
+            stream_sse_lifetime: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(3),
         }
     }
@@ -50,6 +54,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("body_limit", &self.body_limit)
             .field("stream_body_limit", &self.stream_body_limit)
             .field("stream_long_poll", &self.stream_long_poll)
+            .field("stream_sse_lifetime", &self.stream_sse_lifetime)
             .field("keepalive", &self.keepalive)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()

@@ -338,8 +338,19 @@ impl Streams {
             Vec::new()
         } else if is_json {
             // The stream's content type is checked by the store: a JSON body can only land in
-            // a JSON stream.
-            json::message(&request.body, false)?.into_iter().collect()
+            // a JSON stream. A body that is not valid JSON is refused here, unless the stream
+            // is no JSON stream at all: that is the conflict to report.
+            match json::message(&request.body, false) {
+                Ok(message) => message.into_iter().collect(),
+                Err(error) => {
+                    let info = self.get(path).await?;
+                    return if media_type(&info.content_type) == json::JSON {
+                        Err(error)
+                    } else {
+                        Ok(AppendOutcome::ContentTypeMismatch)
+                    };
+                }
+            }
         } else {
             vec![request.body]
         };

@@ -46,11 +46,25 @@ pub(crate) const PRODUCER_EXPECTED_SEQ: HeaderName =
 pub(crate) const PRODUCER_RECEIVED_SEQ: HeaderName =
     HeaderName::from_static("producer-received-seq");
 
-/// The routes, to merge under auth.
-pub(crate) fn routes() -> Router<AppState> {
+/// The routes, with their own auth (preflights pass) inside the protocol's headers, so that
+/// a 401 carries them too.
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/stream/{*path}", any(dispatch))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_key_but_preflight,
+        ))
         .layer(axum::middleware::map_response(protocol_headers))
+}
+
+/// 405, saying which methods the path has.
+pub(crate) fn method_not_allowed(allow: &'static str, detail: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, detail).into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// One handler for every method: the protocol's method set (and its 405) is its own.
@@ -75,8 +89,8 @@ async fn dispatch(
         Method::DELETE => write::delete(&state, &path).await,
         Method::HEAD => read::head(&state, &path).await,
         Method::GET => read::get(&state, &path, query.as_deref(), &headers).await,
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+        _ => Ok(method_not_allowed(
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS",
             "Method Not Allowed",
         )),
     };
@@ -108,7 +122,7 @@ async fn protocol_headers(mut response: Response) -> Response {
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         "stream-next-offset, stream-cursor, stream-up-to-date, stream-closed, producer-epoch, \
          producer-seq, producer-expected-seq, producer-received-seq, stream-sse-data-encoding, \
-         etag, content-type, location",
+         stream-ttl, stream-expires-at, etag, content-type, location",
     );
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(

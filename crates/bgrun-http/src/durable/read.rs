@@ -71,9 +71,14 @@ pub(crate) fn parse_query(query: Option<&str>) -> ApiResult<ReadQuery> {
         }
     };
     let live = match pairs.iter().find(|(name, _)| name == "live") {
+        None => Live::No,
         Some((_, mode)) if mode == "long-poll" => Live::LongPoll,
         Some((_, mode)) if mode == "sse" => Live::Sse,
-        _ => Live::No,
+        Some((_, mode)) => {
+            return Err(bad_request(format!(
+                "unknown live mode {mode:?}: use long-poll or sse"
+            )))
+        }
     };
     if live != Live::No && offset.is_none() {
         return Err(bad_request("live reads need an offset parameter"));
@@ -112,6 +117,34 @@ pub(super) async fn head(state: &AppState, path: &str) -> ApiResult<Response> {
     }
     out.insert(header::ETAG, etag(&info, "-1", info.tail, info.closed));
     Ok(response)
+}
+
+/// Whether an `If-None-Match` header matches `etag` (RFC 9110 weak comparison: a list of
+/// tags, `W/` tags, or `*`).
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Some(asked) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let etag = etag.to_str().unwrap_or_default();
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    asked.trim() == "*" || asked.split(',').any(|tag| opaque(tag) == opaque(etag))
+}
+
+/// The `Cache-Control` of a catch-up answer: a range short of the tail never changes, so caches
+/// may keep it (privately only, when reads need a key); one at the tail is revalidated.
+pub(crate) fn cache_control(state: &AppState, up_to_date: bool) -> HeaderValue {
+    match (up_to_date, state.config.security_key.is_some()) {
+        (true, _) => HeaderValue::from_static("no-cache"),
+        (false, false) => {
+            HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300")
+        }
+        (false, true) => {
+            HeaderValue::from_static("private, max-age=60, stale-while-revalidate=300")
+        }
+    }
 }
 
 /// The ETag of a read: the stream, where the read started and ended, and whether it saw the
@@ -157,10 +190,12 @@ pub(super) async fn get(
     if query.live == Live::Sse {
         return Ok(sse(state, path, info, &query));
     }
+    // An offset past the tail (from a stream deleted and created again, say) reads as the
+    // tail: no answer hands out an offset the stream has not reached.
     let after = match query.start {
         Start::Beginning => StreamOffset::ZERO,
         Start::Now => info.tail,
-        Start::After(offset) => offset,
+        Start::After(offset) => offset.min(info.tail),
     };
     if query.start == Start::Now && query.live == Live::No {
         let mut response = (
@@ -198,9 +233,10 @@ pub(super) async fn get(
                     messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
                 }
                 waited => {
-                    let closed = waited.map_or(info.closed, |w| w.info.closed);
+                    let closed = waited.as_ref().map_or(info.closed, |w| w.info.closed);
+                    let tail = waited.map_or(info.tail, |w| w.info.tail);
                     let mut out = HeaderMap::new();
-                    out.insert(NEXT_OFFSET, value(after.to_string()));
+                    out.insert(NEXT_OFFSET, value(tail.max(after).to_string()));
                     out.insert(UP_TO_DATE, value("true"));
                     out.insert(CURSOR, value(cursor_header.unwrap_or_default()));
                     if closed {
@@ -215,25 +251,22 @@ pub(super) async fn get(
     let up_to_date = next >= info.tail;
     let at_closed_end = info.closed && up_to_date;
     let etag = etag(&info, &query.start_text, next, at_closed_end);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|asked| asked == etag)
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    let cache = cache_control(state, up_to_date);
+    if if_none_match(headers, &etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response());
     }
     let mut response = (StatusCode::OK, body(&info, &messages)).into_response();
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, value(&info.content_type));
     out.insert(NEXT_OFFSET, value(next.to_string()));
     out.insert(header::ETAG, etag);
+    out.insert(header::CACHE_CONTROL, cache);
     if up_to_date {
         out.insert(UP_TO_DATE, value("true"));
-    } else {
-        // A range short of the tail never changes: caches may keep it.
-        out.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300"),
-        );
     }
     if at_closed_end {
         out.insert(CLOSED, value("true"));
@@ -264,8 +297,15 @@ pub(super) fn push_event(out: &mut BytesMut, event: &str, payload: &str) {
     let mut rest = payload;
     loop {
         let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
-        out.put_slice(b"data:");
-        out.put_slice(&rest.as_bytes()[..end]);
+        let line = &rest.as_bytes()[..end];
+        // A reader drops one space after `data:`: a line that starts with one keeps it only
+        // behind another.
+        out.put_slice(if line.first() == Some(&b' ') {
+            b"data: "
+        } else {
+            b"data:"
+        });
+        out.put_slice(line);
         out.put_u8(b'\n');
         if end == rest.len() {
             break;
@@ -339,28 +379,35 @@ fn sse(state: &AppState, path: &str, info: StreamInfo, query: &ReadQuery) -> Res
     let start = match query.start {
         Start::Beginning => StreamOffset::ZERO,
         Start::Now => info.tail,
-        Start::After(offset) => offset,
+        Start::After(offset) => offset.min(info.tail),
     };
     let streams = state.engine.streams().clone();
     let path = path.to_owned();
     let client_cursor = query.cursor.clone();
     let timeout = state.config.stream_long_poll;
     let shutdown = state.shutdown.clone();
+    // Ended after a while (the client reconnects from its last offset), so that caches and
+    // proxies in front see fresh requests, as the protocol asks.
+    let ends = tokio::time::Instant::now() + state.config.stream_sse_lifetime;
     let events = futures::stream::unfold(
-        Some((info, start, false)),
-        move |state| {
+        Some((info, start, None)),
+        move |state: Option<SseState>| {
             let streams = streams.clone();
             let path = path.clone();
             let client_cursor = client_cursor.clone();
             let shutdown = shutdown.clone();
             async move {
-                let (info, after, waited) = state?;
+                let (info, after, wait_past) = state?;
+                let left = ends.saturating_duration_since(tokio::time::Instant::now());
                 let step = tokio::select! {
-                    step = sse_step(&streams, &path, info, after, waited, timeout, encoding, client_cursor.as_deref()) => step,
+                    step = sse_step(&streams, &path, info, after, wait_past, timeout.min(left), encoding, client_cursor.as_deref()) => step,
                     () = shutdown.cancelled() => return None,
                 };
                 match step {
-                    Ok((chunk, next)) => Some((Ok::<Bytes, std::io::Error>(chunk), next)),
+                    Ok((chunk, next)) => {
+                        let next = next.filter(|_| tokio::time::Instant::now() < ends);
+                        Some((Ok::<Bytes, std::io::Error>(chunk), next))
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "an SSE stream read ended");
                         None
@@ -391,28 +438,36 @@ async fn sse_step(
     path: &str,
     mut info: StreamInfo,
     after: StreamOffset,
-    wait_first: bool,
+    wait_past: Option<StreamOffset>,
     timeout: Duration,
     encoding: Encoding,
     client_cursor: Option<&str>,
-) -> Result<(Bytes, Option<(StreamInfo, StreamOffset, bool)>), StreamError> {
+) -> Result<(Bytes, Option<SseState>), StreamError> {
     let mut out = BytesMut::new();
-    if wait_first {
-        let waited = streams.wait(path, after, timeout).await?;
+    if let Some(past) = wait_past {
+        let waited = streams.wait(path, past, timeout).await?;
         info = waited.info;
         streams.touch(&info).await?;
         if waited.timed_out && !info.closed {
-            // A keepalive that also tells caches the reader is still at the tail.
+            // A keepalive that also tells caches where the reader is.
             let cursor = cursor::respond(client_cursor);
-            push_control(&mut out, after, false, true, Some(&cursor));
-            return Ok((out.freeze(), Some((info, after, true))));
+            push_control(&mut out, after, false, after >= info.tail, Some(&cursor));
+            return Ok((out.freeze(), Some((info, after, Some(past)))));
         }
     }
-    let messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+    let mut messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+    let read_to_tail = messages.last().is_some_and(|m| m.offset >= info.tail);
+    let mut held = false;
+    if matches!(encoding, Encoding::Text) && !(info.closed && read_to_tail) {
+        // A character split across appends goes out whole, with the append that ends it.
+        let whole = whole_characters(&messages);
+        held = whole < messages.len();
+        messages.truncate(whole);
+    }
     if !messages.is_empty() {
         push_data(&mut out, encoding, &messages);
     }
-    let next = messages.last().map_or(info.tail, |m| m.offset);
+    let next = messages.last().map_or(after, |m| m.offset);
     let at_tail = next >= info.tail;
     if info.closed && at_tail {
         push_control(&mut out, next, true, false, None);
@@ -420,7 +475,38 @@ async fn sse_step(
     }
     let cursor = cursor::respond(client_cursor);
     push_control(&mut out, next, false, at_tail, Some(&cursor));
-    Ok((out.freeze(), Some((info, next, at_tail))))
+    let wait_past = if at_tail {
+        Some(next)
+    } else if held {
+        Some(info.tail)
+    } else {
+        None
+    };
+    Ok((out.freeze(), Some((info, next, wait_past))))
+}
+
+/// The state between two SSE steps: the stream, the reader's offset, and the tail it waits to
+/// see passed before reading again (`None`: read at once).
+type SseState = (StreamInfo, StreamOffset, Option<StreamOffset>);
+
+/// How many of `messages`, from the first, end on a character boundary of their text (or hold
+/// bytes that are no UTF-8 at all, which no later append can mend).
+fn whole_characters(messages: &[StreamMessage]) -> usize {
+    let mut bytes = Vec::new();
+    let mut ends = Vec::with_capacity(messages.len());
+    for message in messages {
+        bytes.extend_from_slice(&message.data);
+        ends.push(bytes.len());
+    }
+    let mut count = messages.len();
+    while count > 0 {
+        match std::str::from_utf8(&bytes[..ends[count - 1]]) {
+            Ok(_) => return count,
+            Err(error) if error.error_len().is_some() => return count,
+            Err(_) => count -= 1,
+        }
+    }
+    0
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub(super) async fn handle(
     let result = match *method {
         Method::GET => get(state, run_id, query, headers).await,
         Method::HEAD => head(state, run_id).await,
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+        _ => Ok(super::method_not_allowed(
+            "GET, HEAD, OPTIONS",
             "a run's stream is read-only",
         )),
     };
@@ -94,7 +94,8 @@ async fn get(
     let after = match query.start {
         Start::Beginning => 0,
         Start::Now => count,
-        Start::After(offset) => offset.get(),
+        // Past the tail reads as the tail: no answer hands out an offset the run has not reached.
+        Start::After(offset) => offset.get().min(count),
     };
     if query.live == Live::Sse {
         return Ok(sse(state, run.run_id, after, &query));
@@ -141,7 +142,7 @@ async fn get(
         }
         if events.is_empty() {
             let mut out = HeaderMap::new();
-            out.insert(NEXT_OFFSET, value(StreamOffset::new(after).to_string()));
+            out.insert(NEXT_OFFSET, value(StreamOffset::new(count).to_string()));
             out.insert(UP_TO_DATE, value("true"));
             out.insert(CURSOR, value(cursor_header.unwrap_or_default()));
             if terminal {
@@ -160,17 +161,20 @@ async fn get(
         StreamOffset::new(next),
         if at_end { ":c" } else { "" }
     ));
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|asked| asked == etag)
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    let cache = super::read::cache_control(state, up_to_date);
+    if super::read::if_none_match(headers, &etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response());
     }
     let mut response = (StatusCode::OK, array(&events)).into_response();
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, json_type());
     out.insert(NEXT_OFFSET, value(StreamOffset::new(next).to_string()));
     out.insert(header::ETAG, etag);
+    out.insert(header::CACHE_CONTROL, cache);
     if up_to_date {
         out.insert(UP_TO_DATE, value("true"));
     }
@@ -183,28 +187,52 @@ async fn get(
     Ok(response)
 }
 
-/// `live=sse`: the run's events after `after` as `data` events (each an array of one event),
-/// each batch followed by a `control` event; the last control event says `streamClosed` once
-/// the run is terminal, and the stream ends.
+/// `live=sse`: the run's events after `after`: first a control event when the reader starts
+/// at the tail; then each batch as one `data` event (an array of its events) followed by its
+/// `control` event, `upToDate` only once the reader has every event stored so far; the last
+/// control event says `streamClosed` once the run is terminal, and the stream ends. Ended after
+/// `stream_sse_lifetime` like every stream's SSE read.
 fn sse(state: &AppState, run_id: RunId, after: u64, query: &ReadQuery) -> Response {
     let events = state
         .engine
         .events(&run_id, last_index(after))
         .ready_chunks(1024);
+    let engine = state.engine.clone();
     let timeout = state.config.stream_long_poll;
     let shutdown = state.shutdown.clone();
     let client_cursor = query.cursor.clone();
-    let frames = futures::stream::unfold(Some((events, after)), move |state| {
+    let ends = tokio::time::Instant::now() + state.config.stream_sse_lifetime;
+    let frames = futures::stream::unfold(Some((events, after, true)), move |state| {
+        let engine = engine.clone();
         let shutdown = shutdown.clone();
         let client_cursor = client_cursor.clone();
+        let run_id = run_id.clone();
         async move {
-            let (mut events, next) = state?;
+            let (mut events, next, first) = state?;
             let mut out = BytesMut::new();
+            let cursor = cursor::respond(client_cursor.as_deref());
+            if first {
+                // A reader at the tail hears so at once, not after the first wait.
+                let run = engine.get_run(&run_id).await.ok().flatten()?;
+                if next >= run.event_count() {
+                    let offset = StreamOffset::new(next);
+                    if run.status.is_terminal() {
+                        push_control(&mut out, offset, true, false, None);
+                        return Some((Ok(out.freeze()), None));
+                    }
+                    push_control(&mut out, offset, false, true, Some(&cursor));
+                    return Some((
+                        Ok::<Bytes, std::io::Error>(out.freeze()),
+                        Some((events, next, false)),
+                    ));
+                }
+            }
+            let left = ends.saturating_duration_since(tokio::time::Instant::now());
             let batch = tokio::select! {
-                batch = tokio::time::timeout(timeout, events.next()) => batch,
+                batch = tokio::time::timeout(timeout.min(left), events.next()) => batch,
                 () = shutdown.cancelled() => return None,
             };
-            let cursor = cursor::respond(client_cursor.as_deref());
+            let more = |state| Some(state).filter(|_| tokio::time::Instant::now() < ends);
             match batch {
                 Err(_) => {
                     push_control(
@@ -214,37 +242,40 @@ fn sse(state: &AppState, run_id: RunId, after: u64, query: &ReadQuery) -> Respon
                         true,
                         Some(&cursor),
                     );
-                    Some((
-                        Ok::<Bytes, std::io::Error>(out.freeze()),
-                        Some((events, next)),
-                    ))
+                    Some((Ok(out.freeze()), more((events, next, false))))
                 }
                 Ok(None) => {
                     push_control(&mut out, StreamOffset::new(next), true, false, None);
                     Some((Ok(out.freeze()), None))
                 }
                 Ok(Some(batch)) => {
-                    let mut next = next;
+                    let mut received = Vec::with_capacity(batch.len());
                     for event in batch {
                         match event {
-                            Ok(event) => {
-                                next = event.index() + 1;
-                                push_event(&mut out, "data", &format!("[{}]", event.json()));
-                            }
+                            Ok(event) => received.push(event),
                             Err(error) => {
                                 tracing::warn!(%error, "reading a run's events for SSE");
-                                return Some((Ok(out.freeze()), None));
+                                return None;
                             }
                         }
                     }
+                    let next = received.last().map_or(next, |e| e.index() + 1);
+                    let payload = array(&received);
+                    push_event(&mut out, "data", &String::from_utf8_lossy(&payload));
+                    let stored = engine
+                        .get_run(&run_id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(next, |run| run.event_count());
                     push_control(
                         &mut out,
                         StreamOffset::new(next),
                         false,
-                        true,
+                        next >= stored,
                         Some(&cursor),
                     );
-                    Some((Ok(out.freeze()), Some((events, next))))
+                    Some((Ok(out.freeze()), more((events, next, false))))
                 }
             }
         }

@@ -27,10 +27,15 @@ pub(super) async fn create(
     body: Body,
 ) -> ApiResult<Response> {
     let forked_from = text(headers, &FORKED_FROM).map(str::to_owned);
-    let content_type = text(headers, &header::CONTENT_TYPE)
-        .map(str::trim)
-        .filter(|content_type| is_media_type(content_type))
-        .map(str::to_owned);
+    let content_type = match text(headers, &header::CONTENT_TYPE).map(str::trim) {
+        None | Some("") => None,
+        Some(content_type) if is_media_type(content_type) => Some(content_type.to_owned()),
+        Some(_) => {
+            return Err(bad_request(
+                "invalid Content-Type: a media type such as text/plain",
+            ))
+        }
+    };
     let expiry = expiry(headers)?;
     let fork_offset = match text(headers, &FORK_OFFSET) {
         None => None,

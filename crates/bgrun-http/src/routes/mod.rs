@@ -29,7 +29,6 @@ pub(crate) fn build(state: AppState) -> Router {
             "/{kind}/{id}/runs/{run_id}/resume",
             post(resume::post).get(resume::get),
         )
-        .merge(crate::durable::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_key,
@@ -38,6 +37,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/{kind}/ws", get(crate::ws::handler))
         .merge(protected)
+        .merge(crate::durable::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(crate::error::json_errors))
