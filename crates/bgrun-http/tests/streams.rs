@@ -7,18 +7,10 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request};
-use common::{fixture, Answer, Fixture};
+use common::{fixture, header, offset, Answer, Fixture};
 use serde_json::{json, Value};
 
 const OFFSET: &str = "stream-next-offset";
-
-fn offset(n: u64) -> String {
-    format!("0000000000000000_{n:016}")
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.headers.get(name).map(|v| v.to_str().unwrap())
-}
 
 async fn put(f: &Fixture, path: &str, content_type: &str, body: &str) -> Answer {
     f.send(

@@ -11,20 +11,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bgrun_http::HttpConfig;
-use common::{fixture, fixture_with, Answer, Fixture};
+use common::{fixture, fixture_with, header, offset, Answer, Fixture};
 use futures::StreamExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
 const OFFSET: &str = "stream-next-offset";
-
-fn offset(n: u64) -> String {
-    format!("0000000000000000_{n:016}")
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.headers.get(name).map(|v| v.to_str().unwrap())
-}
 
 fn request(
     method: &str,

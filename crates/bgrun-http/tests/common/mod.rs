@@ -53,6 +53,16 @@ pub async fn fixture_with(config: HttpConfig) -> Fixture {
     }
 }
 
+/// A Durable Streams offset after `n` messages.
+pub fn offset(n: u64) -> String {
+    format!("0000000000000000_{n:016}")
+}
+
+/// A response header as text.
+pub fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
 pub async fn fixture() -> Fixture {
     fixture_with(HttpConfig::default()).await
 }
