@@ -300,3 +300,30 @@ async fn a_run_is_a_read_only_json_stream_of_its_events() {
         .assert_error(405);
     f.get("/v1/stream/runs/no-such-run").await.assert_error(404);
 }
+
+#[tokio::test]
+async fn overlong_paths_and_producer_ids_are_bad_requests() {
+    let f = fixture().await;
+    let long = "p".repeat(1025);
+    put(&f, &long, "text/plain", "").await.assert_error(400);
+    f.get(&format!("/v1/stream/{long}")).await.assert_error(400);
+    assert_eq!(
+        put(&f, &"p".repeat(1024), "text/plain", "").await.status,
+        201
+    );
+    put(&f, "short", "text/plain", "").await;
+    let id = "i".repeat(257);
+    append(
+        &f,
+        "short",
+        "text/plain",
+        "x",
+        &[
+            ("producer-id", id.as_str()),
+            ("producer-epoch", "0"),
+            ("producer-seq", "0"),
+        ],
+    )
+    .await
+    .assert_error(400);
+}

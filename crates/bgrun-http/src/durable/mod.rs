@@ -22,6 +22,12 @@ use bgrun_exec::streams::StreamError;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The longest stream path accepted, in bytes (PostgreSQL indexes the path; an index entry has
+/// a size limit far above this).
+pub(crate) const MAX_PATH_BYTES: usize = 1024;
+/// The longest `Producer-Id` accepted, in bytes (indexed too).
+pub(crate) const MAX_PRODUCER_ID_BYTES: usize = 256;
+
 /// Where the protocol's streams live.
 pub(crate) const PREFIX: &str = "/v1/stream";
 /// The path prefix of runs read as streams.
@@ -79,6 +85,10 @@ async fn dispatch(
 ) -> Response {
     if method == Method::OPTIONS {
         return StatusCode::NO_CONTENT.into_response();
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return bad_request(format!("a stream path is at most {MAX_PATH_BYTES} bytes"))
+            .into_response();
     }
     if let Some(run_id) = path.strip_prefix(RUNS) {
         return runs::handle(&state, &method, run_id, query.as_deref(), &headers).await;

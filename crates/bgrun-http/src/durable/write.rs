@@ -8,8 +8,8 @@ use bgrun_exec::streams::{AppendStream, CreateStream, ForkRequest};
 
 use super::{
     bad_request, is_canonical_number, text, value, CLOSED, EXPIRES_AT, FORKED_FROM, FORK_OFFSET,
-    FORK_SUB_OFFSET, NEXT_OFFSET, PREFIX, PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_ID,
-    PRODUCER_RECEIVED_SEQ, PRODUCER_SEQ, SEQ, TTL,
+    FORK_SUB_OFFSET, MAX_PATH_BYTES, MAX_PRODUCER_ID_BYTES, NEXT_OFFSET, PREFIX, PRODUCER_EPOCH,
+    PRODUCER_EXPECTED_SEQ, PRODUCER_ID, PRODUCER_RECEIVED_SEQ, PRODUCER_SEQ, SEQ, TTL,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::forms::read_limited;
@@ -64,6 +64,14 @@ pub(super) async fn create(
     if sub_offset.is_some_and(|sub| sub > 0) && fork_offset.is_none() {
         return Err(bad_request(
             "a Stream-Fork-Sub-Offset above 0 needs Stream-Fork-Offset",
+        ));
+    }
+    if forked_from
+        .as_ref()
+        .is_some_and(|source| source.len() > PREFIX.len() + 1 + MAX_PATH_BYTES)
+    {
+        return Err(bad_request(
+            "Stream-Forked-From names a path that is too long",
         ));
     }
     let fork = forked_from.map(|source| ForkRequest {
@@ -178,6 +186,11 @@ fn producer(headers: &HeaderMap) -> ApiResult<Option<ProducerClaim>> {
     let id = text(headers, &PRODUCER_ID)
         .filter(|id| !id.is_empty())
         .ok_or_else(|| bad_request("invalid Producer-Id: must not be empty"))?;
+    if id.len() > MAX_PRODUCER_ID_BYTES {
+        return Err(bad_request(format!(
+            "invalid Producer-Id: at most {MAX_PRODUCER_ID_BYTES} bytes"
+        )));
+    }
     let number = |name, what: &str| {
         text(headers, name)
             .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
