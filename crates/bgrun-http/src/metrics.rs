@@ -80,6 +80,12 @@ pub(crate) fn render(state: &AppState) -> String {
     );
     counter(
         &mut out,
+        "bgrun_stream_shared_reads_total",
+        "Durable Streams store reads a reader shared with another reading the same at once.",
+        &[("", state.engine.streams().shared_reads())],
+    );
+    counter(
+        &mut out,
         "bgrun_http_starts_total",
         "Runs started through the HTTP and WebSocket API.",
         &[("", http.starts.load(Ordering::Relaxed))],

@@ -4,6 +4,7 @@
 //! is kept beside it for changes other processes report by id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bgrun_core::stream::StreamId;
@@ -13,6 +14,9 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     inner: Mutex<Watchers>,
+    /// Bumped by every notification, before anyone is woken: a store read that started at this
+    /// version or later sees what was notified (see `flight`).
+    version: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -47,8 +51,14 @@ impl Hub {
         self.lock().paths.insert(id, path.to_owned());
     }
 
+    /// The current version: how many notifications there have been.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
     /// Wakes whoever waits on the stream at `path`.
     pub(crate) fn notify(&self, path: &str) {
+        self.version.fetch_add(1, Ordering::SeqCst);
         let mut watchers = self.lock();
         if let Some(sender) = watchers.by_path.get(path) {
             if sender.receiver_count() == 0 {
@@ -61,6 +71,7 @@ impl Hub {
 
     /// Wakes whoever waits on stream `id`.
     pub(crate) fn notify_id(&self, id: StreamId) {
+        self.version.fetch_add(1, Ordering::SeqCst);
         let path = self.lock().paths.get(&id).cloned();
         if let Some(path) = path {
             self.notify(&path);
@@ -78,6 +89,7 @@ impl Hub {
 
     /// Wakes every waiter (notifications may have been missed).
     pub(crate) fn notify_all(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
         let watchers = self.lock();
         for sender in watchers.by_path.values() {
             sender.send_modify(|version| *version += 1);

@@ -6,6 +6,7 @@
 //! Delivery follows durability: a reader is woken only once the store has committed the write,
 //! and reads come from the store.
 
+mod flight;
 mod hub;
 pub mod json;
 pub(crate) mod sweep;
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use bgrun_core::stream::{
     media_type, now_millis, AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis,
-    NewFork, NewStream, ProducerClaim, StreamAppend, StreamExpiry, StreamInfo, StreamMessage,
-    StreamOffset,
+    NewFork, NewStream, ProducerClaim, StreamAppend, StreamExpiry, StreamId, StreamInfo,
+    StreamMessage, StreamOffset,
 };
 use bgrun_core::{Store, StoreError};
 use bytes::Bytes;
@@ -141,11 +142,18 @@ pub struct Waited {
     pub timed_out: bool,
 }
 
+/// What a segment read is keyed by when readers share it: stream, after, upto, byte budget.
+type ReadKey = (StreamId, StreamOffset, Option<StreamOffset>, usize);
+
 /// The durable streams of an engine ([`Engine::streams`](crate::Engine::streams)).
 #[derive(Clone)]
 pub struct Streams {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// `stream_info` reads shared by readers asking at once (woken by one append, say).
+    infos: Arc<flight::Flights<String, Option<StreamInfo>>>,
+    /// `read_stream` reads shared likewise.
+    reads: Arc<flight::Flights<ReadKey, Vec<StreamMessage>>>,
 }
 
 impl std::fmt::Debug for Streams {
@@ -156,7 +164,18 @@ impl std::fmt::Debug for Streams {
 
 impl Streams {
     pub(crate) fn new(store: Arc<dyn Store>, hub: Arc<Hub>) -> Self {
-        Self { store, hub }
+        Self {
+            store,
+            hub,
+            infos: Arc::default(),
+            reads: Arc::default(),
+        }
+    }
+
+    /// How many reads were shared: a reader joined a store read another reader had started
+    /// (and that started late enough to see everything the joiner may see).
+    pub fn shared_reads(&self) -> u64 {
+        self.infos.joined() + self.reads.joined()
     }
 
     /// How many readers wait at a stream's tail now (long-poll and SSE reads).
@@ -172,7 +191,14 @@ impl Streams {
     /// The live stream at `path`: `NotFound` when there is none, `Gone` when it was deleted
     /// while forked. An expired stream is deleted here (soft-deleted when forked).
     pub async fn get(&self, path: &str) -> Result<StreamInfo, StreamError> {
-        let info = self.store.stream_info(path).await?;
+        let store = self.store.clone();
+        let owned = path.to_owned();
+        let info = self
+            .infos
+            .run(path.to_owned(), self.hub.version(), move || async move {
+                store.stream_info(&owned).await
+            })
+            .await?;
         self.live(info, now_millis()).await
     }
 
@@ -391,9 +417,15 @@ impl Streams {
             }
             let from = segment.after.max(after);
             let budget = max_bytes.saturating_sub(bytes).max(1);
+            // Messages up to a tail already read never change: any read of the same range
+            // serves, whenever it started (version 0: always join).
+            let store = self.store.clone();
+            let id = segment.stream_id;
             let found = self
-                .store
-                .read_stream(segment.stream_id, from, Some(upto), budget)
+                .reads
+                .run((id, from, Some(upto), budget), 0, move || async move {
+                    store.read_stream(id, from, Some(upto), budget).await
+                })
                 .await?;
             bytes += found.iter().map(|m| m.data.len()).sum::<usize>();
             messages.extend(found);

@@ -267,9 +267,57 @@ async fn expired_streams_are_swept_without_being_touched(backend: Backend) {
     assert_eq!(texts(&streams, "swept/kept", 0, usize::MAX).await, ["k"]);
 }
 
+async fn many_readers_woken_by_one_append_each_get_it(backend: Backend) {
+    let f = fixture(backend).await;
+    let streams = f.engine.streams().clone();
+    streams
+        .create(CreateStream {
+            path: "fan".into(),
+            content_type: Some("text/plain".into()),
+            body: Bytes::from_static(b"first"),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let waited = streams
+                    .wait("fan", StreamOffset::new(1), Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                streams
+                    .read(&waited.info, StreamOffset::new(1), 1 << 20)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    readers_waiting(&f.engine, 50).await;
+    streams
+        .append(
+            "fan",
+            AppendStream {
+                body: Bytes::from_static(b"second"),
+                content_type: Some("text/plain".into()),
+                ..AppendStream::default()
+            },
+        )
+        .await
+        .unwrap();
+    for reader in readers {
+        let messages = reader.await.unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(&messages[0].data[..], b"second");
+        assert_eq!(messages[0].offset, StreamOffset::new(2));
+    }
+}
+
 crate::on_every_store!(
     json_values_are_kept_as_sent_and_forks_read_through_their_source,
     a_reader_waiting_at_the_tail_is_woken_by_the_next_append,
+    many_readers_woken_by_one_append_each_get_it,
     expired_streams_are_swept_without_being_touched,
 );
 
