@@ -610,13 +610,24 @@ async fn hold_commits(schema: &TestSchema, holder: &tokio_postgres::Client, key:
 
 /// The server process of the store connection that waits at its commit.
 async fn waiting_at_commit(schema: &TestSchema, observer: &tokio_postgres::Client) -> i32 {
+    waiting_at_commit_but(schema, observer, 0).await
+}
+
+/// [`waiting_at_commit`], but not backend `gone` (one just terminated stays in
+/// `pg_stat_activity`, still waiting, until it has exited).
+async fn waiting_at_commit_but(
+    schema: &TestSchema,
+    observer: &tokio_postgres::Client,
+    gone: i32,
+) -> i32 {
     tokio::time::timeout(BOUND, async {
         loop {
             let row = observer
                 .query_opt(
                     "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
-                     AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                    &[&schema.name()],
+                     AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> $2 \
+                     LIMIT 1",
+                    &[&schema.name(), &gone],
                 )
                 .await
                 .unwrap();
@@ -695,7 +706,7 @@ async fn a_create_whose_commit_outcome_is_unknown_is_retried() {
         .await
         .unwrap();
     // Its retry waits at its own commit until the lock is free.
-    let retry = waiting_at_commit(&schema, &holder).await;
+    let retry = waiting_at_commit_but(&schema, &holder, pid).await;
     assert_ne!(retry, pid);
     holder
         .execute("SELECT pg_advisory_unlock($1)", &[&KEY])
