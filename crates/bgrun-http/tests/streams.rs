@@ -327,3 +327,64 @@ async fn overlong_paths_and_producer_ids_are_bad_requests() {
     .await
     .assert_error(400);
 }
+
+#[tokio::test]
+async fn a_character_split_where_a_read_chunk_ends_goes_out_whole() {
+    let f = fixture().await;
+    put(&f, "big-text", "text/plain", "").await;
+    // A 1.5 MiB message (past one read chunk) ending in the first byte of "é".
+    let mut first = vec![b'a'; 3 << 19];
+    first.push(0xC3);
+    let send = |body: Vec<u8>, close: bool| {
+        let mut request =
+            Request::post("/v1/stream/big-text").header(header::CONTENT_TYPE, "text/plain");
+        if close {
+            request = request.header("stream-closed", "true");
+        }
+        request.body(Body::from(body)).unwrap()
+    };
+    assert_eq!(f.send(send(first, false)).await.status, 204);
+    assert_eq!(f.send(send(vec![0xA9, b'!'], true)).await.status, 204);
+    let sse = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        f.get("/v1/stream/big-text?offset=-1&live=sse"),
+    )
+    .await
+    .expect("the SSE read of a closed stream ended");
+    let text = sse.text();
+    let data: String = text
+        .split("\n\n")
+        .filter(|event| event.starts_with("event: data"))
+        .flat_map(|event| event.lines().skip(1))
+        .map(|line| line.strip_prefix("data:").unwrap())
+        .collect();
+    assert_eq!(data.len(), (3 << 19) + "é!".len());
+    assert!(data.ends_with("aé!"));
+    assert!(text.contains("\"streamClosed\":true"));
+}
+
+#[tokio::test]
+async fn control_characters_in_paths_and_encoded_fork_sources() {
+    let f = fixture().await;
+    put(&f, "a%00b", "text/plain", "").await.assert_error(400);
+    assert_eq!(put(&f, "caf%C3%A9", "text/plain", "x").await.status, 201);
+    let fork = f
+        .send(
+            Request::put("/v1/stream/fork-of-cafe")
+                .header("stream-forked-from", "/v1/stream/caf%C3%A9")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(fork.status, 201, "{}", fork.text());
+    assert_eq!(f.get("/v1/stream/fork-of-cafe").await.text(), "x");
+    let orphan_offset = f
+        .send(
+            Request::put("/v1/stream/not-a-fork")
+                .header("stream-fork-offset", offset(0))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    orphan_offset.assert_error(400);
+}

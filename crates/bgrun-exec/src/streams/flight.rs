@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bgrun_core::StoreError;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 
 use super::StreamError;
 
@@ -24,7 +24,9 @@ type Outcome<T> = Result<T, Arc<StoreError>>;
 struct Flight<T> {
     /// The hub's version when the read started.
     version: u64,
-    read: Shared<BoxFuture<'static, Outcome<T>>>,
+    /// Weak: a read whose every reader has gone away is dropped (with the connection it may
+    /// hold), never kept alive by this map for a later joiner.
+    read: WeakShared<BoxFuture<'static, Outcome<T>>>,
 }
 
 /// Reads in flight, by what they read.
@@ -68,22 +70,33 @@ impl<K: Clone + Eq + Hash, T: Clone + Send + Sync + 'static> Flights<K, T> {
     {
         let shared = {
             let mut in_flight = self.lock();
-            match in_flight.get(&key) {
-                Some(flight) if flight.version >= version && flight.read.peek().is_none() => {
+            let joinable = in_flight
+                .get(&key)
+                .filter(|flight| flight.version >= version)
+                .and_then(|flight| flight.read.upgrade())
+                .filter(|shared| shared.peek().is_none());
+            match joinable {
+                Some(shared) => {
                     self.joined.fetch_add(1, Ordering::Relaxed);
-                    flight.read.clone()
+                    shared
                 }
-                _ => {
+                None => {
                     if in_flight.len() >= SWEEP_AT {
                         in_flight.clear();
                     }
                     let started = read().map(|outcome| outcome.map_err(Arc::new));
                     let shared = started.boxed().shared();
+                    let weak = shared.downgrade().ok_or_else(|| {
+                        StreamError::Store(StoreError::backend(
+                            "sharing a store read",
+                            "a read just started was already done",
+                        ))
+                    })?;
                     in_flight.insert(
                         key.clone(),
                         Flight {
                             version,
-                            read: shared.clone(),
+                            read: weak,
                         },
                     );
                     shared
@@ -93,10 +106,13 @@ impl<K: Clone + Eq + Hash, T: Clone + Send + Sync + 'static> Flights<K, T> {
         let outcome = shared.clone().await;
         {
             let mut in_flight = self.lock();
-            if in_flight
-                .get(&key)
-                .is_some_and(|flight| Shared::ptr_eq(&flight.read, &shared))
-            {
+            let ours_or_gone = in_flight.get(&key).is_some_and(|flight| {
+                flight
+                    .read
+                    .upgrade()
+                    .is_none_or(|read| Shared::ptr_eq(&read, &shared))
+            });
+            if ours_or_gone {
                 in_flight.remove(&key);
             }
         }
@@ -214,6 +230,28 @@ mod tests {
         assert_eq!(old.await.unwrap().unwrap(), 1);
         assert_eq!(newer.await.unwrap().unwrap(), 2);
         assert_eq!(joiner.await.unwrap().unwrap(), 2);
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_read_every_reader_left_is_dropped_not_kept_for_later_joiners() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let starts = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let abandoned = {
+            let (flights, read) = (flights.clone(), gated(&starts, &gate, 1));
+            tokio::spawn(async move { flights.run("k", 0, read).await })
+        };
+        until("the read starting", || starts.load(Ordering::SeqCst) == 1).await;
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        // Its future (and whatever it held) is gone: the gate has no waiter left.
+        assert_eq!(Arc::strong_count(&gate), 1);
+        gate.add_permits(1);
+        assert_eq!(
+            flights.run("k", 0, gated(&starts, &gate, 2)).await.unwrap(),
+            2
+        );
         assert_eq!(starts.load(Ordering::SeqCst), 2);
     }
 

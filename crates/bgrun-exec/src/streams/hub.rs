@@ -21,50 +21,84 @@ pub(crate) struct Hub {
 
 #[derive(Debug, Default)]
 struct Watchers {
-    by_path: HashMap<String, watch::Sender<u64>>,
+    by_path: HashMap<String, Watched>,
+    /// The path of each stream id in `by_path`, for notifications by id.
     paths: HashMap<StreamId, String>,
+    /// `by_path` is swept of entries nobody waits on once it reaches this size (which then
+    /// doubles past what is left, so sweeping stays rare however many paths are waited on).
+    sweep_at: usize,
 }
 
-/// Past this many entries, a subscribe first drops those nobody waits on any more.
+#[derive(Debug)]
+struct Watched {
+    sender: watch::Sender<u64>,
+    /// The stream the waiters last saw at the path.
+    id: Option<StreamId>,
+}
+
+/// The smallest sweep threshold.
 const SWEEP_AT: usize = 1024;
 
+impl Watchers {
+    fn remove(&mut self, path: &str) {
+        if let Some(Watched { id: Some(id), .. }) = self.by_path.remove(path) {
+            self.paths.remove(&id);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let Self { by_path, paths, .. } = self;
+        by_path.retain(|_, watched| watched.sender.receiver_count() > 0);
+        paths.retain(|_, path| by_path.contains_key(path));
+        self.sweep_at = (2 * self.by_path.len()).max(SWEEP_AT);
+    }
+}
+
 impl Hub {
+    /// The current version: how many notifications there have been.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
     /// A receiver that sees every later notification of the stream at `path`.
     pub(crate) fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
         let mut watchers = self.lock();
-        if watchers.by_path.len() >= SWEEP_AT {
-            watchers
-                .by_path
-                .retain(|_, sender| sender.receiver_count() > 0);
-            let Watchers { by_path, paths } = &mut *watchers;
-            paths.retain(|_, path| by_path.contains_key(path));
+        if watchers.by_path.len() >= watchers.sweep_at.max(SWEEP_AT) {
+            watchers.sweep();
         }
         watchers
             .by_path
             .entry(path.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| Watched {
+                sender: watch::channel(0).0,
+                id: None,
+            })
+            .sender
             .subscribe()
     }
 
-    /// Notes that stream `id` lives at `path`, for [`notify_id`](Self::notify_id).
+    /// Notes that stream `id` lives at `path` (which somebody has subscribed to), for
+    /// [`notify_id`](Self::notify_id).
     pub(crate) fn remember(&self, id: StreamId, path: &str) {
-        self.lock().paths.insert(id, path.to_owned());
-    }
-
-    /// The current version: how many notifications there have been.
-    pub(crate) fn version(&self) -> u64 {
-        self.version.load(Ordering::SeqCst)
+        let mut watchers = self.lock();
+        let Some(watched) = watchers.by_path.get_mut(path) else {
+            return;
+        };
+        if let Some(old) = watched.id.replace(id) {
+            watchers.paths.remove(&old);
+        }
+        watchers.paths.insert(id, path.to_owned());
     }
 
     /// Wakes whoever waits on the stream at `path`.
     pub(crate) fn notify(&self, path: &str) {
         self.version.fetch_add(1, Ordering::SeqCst);
         let mut watchers = self.lock();
-        if let Some(sender) = watchers.by_path.get(path) {
-            if sender.receiver_count() == 0 {
-                watchers.by_path.remove(path);
+        if let Some(watched) = watchers.by_path.get(path) {
+            if watched.sender.receiver_count() == 0 {
+                watchers.remove(path);
             } else {
-                sender.send_modify(|version| *version += 1);
+                watched.sender.send_modify(|version| *version += 1);
             }
         }
     }
@@ -83,7 +117,7 @@ impl Hub {
         self.lock()
             .by_path
             .values()
-            .map(watch::Sender::receiver_count)
+            .map(|watched| watched.sender.receiver_count())
             .sum()
     }
 
@@ -91,8 +125,8 @@ impl Hub {
     pub(crate) fn notify_all(&self) {
         self.version.fetch_add(1, Ordering::SeqCst);
         let watchers = self.lock();
-        for sender in watchers.by_path.values() {
-            sender.send_modify(|version| *version += 1);
+        for watched in watchers.by_path.values() {
+            watched.sender.send_modify(|version| *version += 1);
         }
     }
 
@@ -101,5 +135,34 @@ impl Hub {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_forgotten_with_their_path() {
+        let hub = Hub::default();
+        let id = StreamId::new(7);
+        let receiver = hub.subscribe("a");
+        hub.remember(id, "a");
+        hub.remember(StreamId::new(8), "a");
+        assert_eq!(hub.lock().paths.len(), 1, "a path's old id is forgotten");
+        drop(receiver);
+        hub.notify("a");
+        let watchers = hub.lock();
+        assert!(watchers.by_path.is_empty() && watchers.paths.is_empty());
+    }
+
+    #[test]
+    fn every_notification_moves_the_version() {
+        let hub = Hub::default();
+        let before = hub.version();
+        hub.notify("nobody-waits");
+        hub.notify_id(StreamId::new(1));
+        hub.notify_all();
+        assert_eq!(hub.version(), before + 3);
     }
 }

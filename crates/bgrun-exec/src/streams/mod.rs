@@ -274,6 +274,14 @@ impl Streams {
                 now,
             })
             .await?;
+        if matches!(
+            outcome,
+            CreateStreamOutcome::Created(_) | CreateStreamOutcome::PathGone
+        ) {
+            // A reader asking after this answer must not share a look taken before it (see
+            // `flight`): a create (or the soft delete behind PathGone) moves the version.
+            self.hub.notify(&request.path);
+        }
         match outcome {
             CreateStreamOutcome::Created(info) => Ok(CreatedStream {
                 info,
@@ -453,10 +461,16 @@ impl Streams {
         timeout: Duration,
     ) -> Result<Waited, StreamError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribed before the first look: a write committed in between still wakes us.
+        // Subscribed before the first look: a write committed in between still wakes us. One
+        // another replica reports by id before the id is remembered only moves the version:
+        // then look again at once.
         let mut changes = self.hub.subscribe(path);
+        let version = self.hub.version();
         let mut info = self.get(path).await?;
         self.hub.remember(info.id, path);
+        if self.hub.version() != version {
+            changes.mark_changed();
+        }
         loop {
             if info.tail > after || info.closed {
                 return Ok(Waited {

@@ -86,9 +86,8 @@ async fn dispatch(
     if method == Method::OPTIONS {
         return StatusCode::NO_CONTENT.into_response();
     }
-    if path.len() > MAX_PATH_BYTES {
-        return bad_request(format!("a stream path is at most {MAX_PATH_BYTES} bytes"))
-            .into_response();
+    if let Err(error) = check_path(&path) {
+        return error.into_response();
     }
     if let Some(run_id) = path.strip_prefix(RUNS) {
         return runs::handle(&state, &method, run_id, query.as_deref(), &headers).await;
@@ -165,6 +164,20 @@ impl From<StreamError> for ApiError {
         };
         ApiError::new(status, error.to_string())
     }
+}
+
+/// A stream path is at most [`MAX_PATH_BYTES`] and holds no control characters (PostgreSQL
+/// text cannot hold NUL; no client means one).
+pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad_request(format!(
+            "a stream path is at most {MAX_PATH_BYTES} bytes"
+        )));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(bad_request("a stream path holds no control characters"));
+    }
+    Ok(())
 }
 
 /// 400 with `detail`.

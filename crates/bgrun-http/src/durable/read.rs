@@ -456,13 +456,9 @@ async fn sse_step(
         }
     }
     let mut messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
-    let read_to_tail = messages.last().is_some_and(|m| m.offset >= info.tail);
     let mut held = false;
-    if matches!(encoding, Encoding::Text) && !(info.closed && read_to_tail) {
-        // A character split across appends goes out whole, with the append that ends it.
-        let whole = whole_characters(&messages);
-        held = whole < messages.len();
-        messages.truncate(whole);
+    if matches!(encoding, Encoding::Text) {
+        held = keep_whole_characters(streams, &info, &mut messages).await?;
     }
     if !messages.is_empty() {
         push_data(&mut out, encoding, &messages);
@@ -488,6 +484,41 @@ async fn sse_step(
 /// The state between two SSE steps: the stream, the reader's offset, and the tail it waits to
 /// see passed before reading again (`None`: read at once).
 type SseState = (StreamInfo, StreamOffset, Option<StreamOffset>);
+
+/// Drops from `messages` the last ones that end inside a character (a character split across
+/// appends goes out whole, with the append that ends it), first reading on past the chunk when
+/// not one of them ends on a boundary; whether any were held back for a later step. At the end
+/// of a closed stream nothing can complete them: they go out as they are.
+async fn keep_whole_characters(
+    streams: &Streams,
+    info: &StreamInfo,
+    messages: &mut Vec<StreamMessage>,
+) -> Result<bool, StreamError> {
+    /// How much more a step reads to find the end of a split character.
+    const READ_ON_BYTES: usize = 64 << 10;
+    loop {
+        let Some(last) = messages.last().map(|m| m.offset) else {
+            return Ok(false);
+        };
+        if info.closed && last >= info.tail {
+            return Ok(false);
+        }
+        let whole = whole_characters(messages);
+        if whole == messages.len() {
+            return Ok(false);
+        }
+        if whole > 0 || last >= info.tail {
+            messages.truncate(whole);
+            return Ok(true);
+        }
+        let more = streams.read(info, last, READ_ON_BYTES).await?;
+        if more.is_empty() {
+            messages.clear();
+            return Ok(true);
+        }
+        messages.extend(more);
+    }
+}
 
 /// How many of `messages`, from the first, end on a character boundary of their text (or hold
 /// bytes that are no UTF-8 at all, which no later append can mend).

@@ -7,8 +7,8 @@ use bgrun_core::stream::{AppendOutcome, ProducerClaim, StreamExpiry, StreamOffse
 use bgrun_exec::streams::{AppendStream, CreateStream, ForkRequest};
 
 use super::{
-    bad_request, is_canonical_number, text, value, CLOSED, EXPIRES_AT, FORKED_FROM, FORK_OFFSET,
-    FORK_SUB_OFFSET, MAX_PATH_BYTES, MAX_PRODUCER_ID_BYTES, NEXT_OFFSET, PREFIX, PRODUCER_EPOCH,
+    bad_request, check_path, is_canonical_number, text, value, CLOSED, EXPIRES_AT, FORKED_FROM,
+    FORK_OFFSET, FORK_SUB_OFFSET, MAX_PRODUCER_ID_BYTES, NEXT_OFFSET, PREFIX, PRODUCER_EPOCH,
     PRODUCER_EXPECTED_SEQ, PRODUCER_ID, PRODUCER_RECEIVED_SEQ, PRODUCER_SEQ, SEQ, TTL,
 };
 use crate::error::{ApiError, ApiResult};
@@ -26,7 +26,24 @@ pub(super) async fn create(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let forked_from = text(headers, &FORKED_FROM).map(str::to_owned);
+    // The source as a path of this server, percent-decoded like the request's own path.
+    let forked_from = match headers.get(&FORKED_FROM) {
+        None => None,
+        Some(value) => {
+            let raw = value
+                .to_str()
+                .map_err(|_| bad_request("invalid Stream-Forked-From: not text"))?;
+            let decoded = percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| bad_request("invalid Stream-Forked-From: not UTF-8"))?;
+            let source = decoded
+                .strip_prefix(PREFIX)
+                .map_or(&*decoded, |rest| rest.trim_start_matches('/'))
+                .to_owned();
+            check_path(&source)?;
+            Some(source)
+        }
+    };
     let content_type = match text(headers, &header::CONTENT_TYPE).map(str::trim) {
         None | Some("") => None,
         Some(content_type) if is_media_type(content_type) => Some(content_type.to_owned()),
@@ -66,19 +83,11 @@ pub(super) async fn create(
             "a Stream-Fork-Sub-Offset above 0 needs Stream-Fork-Offset",
         ));
     }
-    if forked_from
-        .as_ref()
-        .is_some_and(|source| source.len() > PREFIX.len() + 1 + MAX_PATH_BYTES)
-    {
-        return Err(bad_request(
-            "Stream-Forked-From names a path that is too long",
-        ));
+    if fork_offset.is_some() && forked_from.is_none() {
+        return Err(bad_request("Stream-Fork-Offset needs Stream-Forked-From"));
     }
     let fork = forked_from.map(|source| ForkRequest {
-        source: source
-            .strip_prefix(PREFIX)
-            .map_or(source.as_str(), |rest| rest.trim_start_matches('/'))
-            .to_owned(),
+        source,
         offset: fork_offset,
         sub_offset: sub_offset.unwrap_or(0),
     });
