@@ -118,6 +118,7 @@ impl<K: Clone + Eq + Hash, T: Clone + Send + Sync + 'static> Flights<K, T> {
         }
         outcome.map_err(|error| match &*error {
             StoreError::Unsupported(_) => StreamError::Unsupported,
+            StoreError::Closed => StreamError::Store(StoreError::Closed),
             other => StreamError::Store(StoreError::backend(
                 "a store read shared by several readers",
                 other.to_string(),

@@ -54,6 +54,10 @@ pub enum StreamError {
     /// The fork offset lies past the source's tail.
     #[error("fork offset beyond the source stream's tail")]
     ForkOffsetBeyondTail,
+    /// The fork would inherit from more streams than [`MAX_FORK_SEGMENTS`] (a chain of forks
+    /// that deep makes every read that many store reads).
+    #[error("a fork inherits from at most {MAX_FORK_SEGMENTS} streams")]
+    ForkTooDeep,
     /// The fork sub-offset cannot be satisfied.
     #[error("invalid fork sub-offset: {0}")]
     InvalidSubOffset(&'static str),
@@ -79,6 +83,9 @@ impl From<StoreError> for StreamError {
         }
     }
 }
+
+/// The most streams a fork's messages may come from (its own included).
+pub const MAX_FORK_SEGMENTS: usize = 64;
 
 /// A fork to create ([`CreateStream::fork`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +353,10 @@ impl Streams {
         } else {
             None
         };
+        let inherited = source.segments_upto(offset);
+        if inherited.len() >= MAX_FORK_SEGMENTS {
+            return Err(StreamError::ForkTooDeep);
+        }
         let expiry = request.expiry.clone().or_else(|| source.expiry.clone());
         let resolved = NewFork {
             source_path: source.path.clone(),
@@ -353,7 +364,7 @@ impl Streams {
             offset,
             requested_offset: fork.offset,
             sub_offset: fork.sub_offset,
-            inherited: source.segments_upto(offset),
+            inherited,
         };
         Ok((content_type, expiry, resolved, prefix))
     }

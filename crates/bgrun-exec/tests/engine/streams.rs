@@ -314,7 +314,52 @@ async fn many_readers_woken_by_one_append_each_get_it(backend: Backend) {
     }
 }
 
+async fn fork_chains_are_bounded(backend: Backend) {
+    let f = fixture(backend).await;
+    let streams = f.engine.streams();
+    let text = |path: String, fork: Option<ForkRequest>| CreateStream {
+        path,
+        content_type: Some("text/plain".into()),
+        fork,
+        body: Bytes::from_static(b"x"),
+        ..CreateStream::default()
+    };
+    streams.create(text("chain/0".into(), None)).await.unwrap();
+    // Each level adds a message of its own: level k reads from k + 1 streams.
+    let mut level = 0;
+    let refused = loop {
+        let fork = ForkRequest {
+            source: format!("chain/{level}"),
+            offset: None,
+            sub_offset: 0,
+        };
+        match streams
+            .create(text(format!("chain/{}", level + 1), Some(fork)))
+            .await
+        {
+            Ok(_) => level += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(refused, StreamError::ForkTooDeep), "{refused}");
+    assert_eq!(level + 1, bgrun_exec::streams::MAX_FORK_SEGMENTS);
+    let deepest = streams.get(&format!("chain/{level}")).await.unwrap();
+    assert_eq!(
+        deepest.segments().len(),
+        bgrun_exec::streams::MAX_FORK_SEGMENTS
+    );
+    assert_eq!(
+        streams
+            .read(&deepest, StreamOffset::ZERO, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        bgrun_exec::streams::MAX_FORK_SEGMENTS
+    );
+}
+
 crate::on_every_store!(
+    fork_chains_are_bounded,
     json_values_are_kept_as_sent_and_forks_read_through_their_source,
     a_reader_waiting_at_the_tail_is_woken_by_the_next_append,
     many_readers_woken_by_one_append_each_get_it,

@@ -93,7 +93,7 @@ async fn dispatch(
         return runs::handle(&state, &method, run_id, query.as_deref(), &headers).await;
     }
     let result = match method {
-        Method::PUT => write::create(&state, &path, uri.path(), &headers, body).await,
+        Method::PUT => write::create(&state, &path, &uri, &headers, body).await,
         Method::POST => write::append(&state, &path, &headers, body).await,
         Method::DELETE => write::delete(&state, &path).await,
         Method::HEAD => read::head(&state, &path).await,
@@ -153,13 +153,18 @@ impl From<StreamError> for ApiError {
             | StreamError::SourceGone
             | StreamError::ContentTypeMismatch => StatusCode::CONFLICT,
             StreamError::ForkOffsetBeyondTail
+            | StreamError::ForkTooDeep
             | StreamError::InvalidSubOffset(_)
             | StreamError::InvalidJson(_)
             | StreamError::EmptyJsonArray => StatusCode::BAD_REQUEST,
             StreamError::Unsupported => StatusCode::NOT_IMPLEMENTED,
             _ => {
+                // The store's own words stay in the log, not in the answer.
                 tracing::error!(%error, "a durable stream operation failed");
-                StatusCode::INTERNAL_SERVER_ERROR
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the stream store failed; retry (an idempotent producer's retry is safe)",
+                );
             }
         };
         ApiError::new(status, error.to_string())

@@ -22,7 +22,7 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 pub(super) async fn create(
     state: &AppState,
     path: &str,
-    uri_path: &str,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -109,7 +109,7 @@ pub(super) async fn create(
         let mut response = StatusCode::CREATED.into_response();
         response
             .headers_mut()
-            .insert(header::LOCATION, value(location(headers, uri_path)));
+            .insert(header::LOCATION, value(location(headers, uri)));
         response
     } else {
         StatusCode::OK.into_response()
@@ -123,17 +123,19 @@ pub(super) async fn create(
     Ok(response)
 }
 
-/// The absolute URL of the stream at `uri_path` (as the request wrote it, percent-encoded), as
-/// the client reached this server.
-fn location(headers: &HeaderMap, uri_path: &str) -> String {
-    let host = text(headers, &header::HOST).unwrap_or("localhost");
+/// The absolute URL of the stream the request created: its own (percent-encoded) path on the
+/// host it reached (`Host`, or over HTTP/2 the request's authority).
+fn location(headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    let host = text(headers, &header::HOST)
+        .or_else(|| uri.authority().map(|authority| authority.as_str()))
+        .unwrap_or("localhost");
     let scheme = text(
         headers,
         &header::HeaderName::from_static("x-forwarded-proto"),
     )
     .filter(|scheme| matches!(*scheme, "http" | "https"))
     .unwrap_or("http");
-    format!("{scheme}://{host}{uri_path}")
+    format!("{scheme}://{host}{}", uri.path())
 }
 
 /// Whether a `Content-Type` names a media type (`type/subtype`, parameters allowed).
