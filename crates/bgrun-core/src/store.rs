@@ -312,6 +312,25 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("durable streams"))
     }
 
+    /// [`delete_stream`](Store::delete_stream) of stream `id` at `path`, only if it is expired at
+    /// `now` ([`StreamInfo::is_expired`](crate::stream::StreamInfo::is_expired)), checked in the
+    /// same atomic write: an append or read that kept it alive after a reader judged it expired
+    /// is never deleted with it ([`NotExpired`](DeleteStreamOutcome::NotExpired)). The default
+    /// looks, then deletes: a store several writers share overrides it.
+    async fn expire_stream(
+        &self,
+        path: &str,
+        id: StreamId,
+        now: Millis,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        match self.stream_info(path).await? {
+            Some(info) if info.id == id && !info.is_expired(now) => {
+                Ok(DeleteStreamOutcome::NotExpired)
+            }
+            _ => self.delete_stream(path, Some(id)).await,
+        }
+    }
+
     /// Records a read of stream `id` at `now` (a TTL counts from the last access); never moves
     /// `last_access` back. A missing stream is not an error.
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {

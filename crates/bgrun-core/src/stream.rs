@@ -557,6 +557,9 @@ pub enum DeleteStreamOutcome {
     NotFound,
     /// Already soft-deleted.
     Gone,
+    /// [`Store::expire_stream`](crate::Store::expire_stream): the stream is not expired (it was
+    /// read or written since it was judged so); nothing changed.
+    NotExpired,
 }
 
 #[cfg(test)]

@@ -276,6 +276,15 @@ impl Store for CountingStore {
         self.inner.touch_stream(id, now).await
     }
 
+    async fn expire_stream(
+        &self,
+        path: &str,
+        id: StreamId,
+        now: Millis,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        self.inner.expire_stream(path, id, now).await
+    }
+
     async fn expired_streams(
         &self,
         now: Millis,

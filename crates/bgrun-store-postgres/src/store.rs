@@ -416,7 +416,16 @@ impl Store for PostgresStore {
         path: &str,
         only: Option<StreamId>,
     ) -> StoreResult<DeleteStreamOutcome> {
-        streams::delete(&self.inner, path, only).await
+        streams::delete(&self.inner, path, only, None).await
+    }
+
+    async fn expire_stream(
+        &self,
+        path: &str,
+        id: StreamId,
+        now: Millis,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        streams::delete(&self.inner, path, Some(id), Some(now)).await
     }
 
     async fn touch_stream(&self, id: StreamId, now: Millis) -> StoreResult<()> {

@@ -1101,12 +1101,13 @@ pub(crate) async fn delete(
     inner: &Inner,
     path: &str,
     only: Option<StreamId>,
+    expired_at: Option<Millis>,
 ) -> StoreResult<DeleteStreamOutcome> {
     inner
         .retry
         .run("deleting a stream", |_| async move {
             let mut open = Open::new(inner.pool.get().await?);
-            let result = delete_in(inner, &mut open, path, only).await;
+            let result = delete_in(inner, &mut open, path, only, expired_at).await;
             closing(open, result).await
         })
         .await
@@ -1117,6 +1118,7 @@ async fn delete_in(
     open: &mut Open,
     path: &str,
     only: Option<StreamId>,
+    expired_at: Option<Millis>,
 ) -> Result<DeleteStreamOutcome, Failure> {
     const CONTEXT: &str = "deleting a stream";
     let sql = &inner.streams;
@@ -1138,6 +1140,11 @@ async fn delete_in(
     if stream.soft_deleted {
         open.rollback().await;
         return Ok(DeleteStreamOutcome::Gone);
+    }
+    // `Store::expire_stream`: judged again under the row lock, where no write comes in between.
+    if expired_at.is_some_and(|now| !stream.is_expired(now)) {
+        open.rollback().await;
+        return Ok(DeleteStreamOutcome::NotExpired);
     }
     let payload = vec![Channels::stream_payload(stream.id)];
     let notice: [Param<'_>; 2] = [&inner.channels.stream, &payload];

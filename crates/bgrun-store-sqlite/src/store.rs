@@ -308,6 +308,22 @@ impl Store for SqliteStore {
         self.write(|reply| Command::DeleteStream {
             path: path.to_owned(),
             only,
+            expired_at: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn expire_stream(
+        &self,
+        path: &str,
+        id: StreamId,
+        now: Millis,
+    ) -> StoreResult<DeleteStreamOutcome> {
+        self.write(|reply| Command::DeleteStream {
+            path: path.to_owned(),
+            only: Some(id),
+            expired_at: Some(now),
             reply,
         })
         .await

@@ -437,12 +437,17 @@ pub(crate) fn delete(
     conn: &Connection,
     path: &str,
     only: Option<StreamId>,
+    expired_at: Option<Millis>,
 ) -> StoreResult<DeleteStreamOutcome> {
     let Some(stream) = by_path(conn, path)? else {
         return Ok(DeleteStreamOutcome::NotFound);
     };
     if only.is_some_and(|only| only != stream.id) {
         return Ok(DeleteStreamOutcome::NotFound);
+    }
+    // `Store::expire_stream`: judged again here, where no write can come in between.
+    if expired_at.is_some_and(|now| !stream.is_expired(now)) {
+        return Ok(DeleteStreamOutcome::NotExpired);
     }
     if stream.soft_deleted {
         return Ok(DeleteStreamOutcome::Gone);

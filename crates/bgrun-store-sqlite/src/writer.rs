@@ -166,6 +166,8 @@ pub(crate) enum Command {
     DeleteStream {
         path: String,
         only: Option<StreamId>,
+        /// `Store::expire_stream`: delete only if expired at this time.
+        expired_at: Option<Millis>,
         reply: Reply<DeleteStreamOutcome>,
     },
     /// `Store::touch_stream`.
@@ -479,10 +481,15 @@ impl Writer {
                     streams::append(conn, &path, &append)
                 }),
             ),
-            Command::DeleteStream { path, only, reply } => Done::DeleteStream(
+            Command::DeleteStream {
+                path,
+                only,
+                expired_at,
+                reply,
+            } => Done::DeleteStream(
                 reply,
                 guarded(&self.conn, &mut broken, |conn| {
-                    streams::delete(conn, &path, only)
+                    streams::delete(conn, &path, only, expired_at)
                 }),
             ),
             Command::TouchStream { id, now, reply } => Done::Unit(
@@ -830,6 +837,7 @@ mod tests {
             Command::DeleteStream {
                 path: "s".into(),
                 only: None,
+                expired_at: None,
                 reply: delete,
             },
             Command::CreateStream {

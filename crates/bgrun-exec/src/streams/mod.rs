@@ -215,13 +215,26 @@ impl Streams {
             return Err(StreamError::Gone);
         }
         if info.is_expired(now) {
-            self.store.delete_stream(&info.path, Some(info.id)).await?;
-            self.hub.notify(&info.path);
-            return Err(if info.forks > 0 {
-                StreamError::Gone
-            } else {
-                StreamError::NotFound
-            });
+            // Judged again by the store in the delete itself: a write that kept the stream
+            // alive since `info` was read is never deleted with it.
+            match self.store.expire_stream(&info.path, info.id, now).await? {
+                DeleteStreamOutcome::NotExpired => {
+                    let fresh = self.store.stream_info(&info.path).await?;
+                    return match fresh {
+                        Some(fresh) if fresh.id == info.id && !fresh.soft_deleted => Ok(fresh),
+                        Some(fresh) if fresh.soft_deleted => Err(StreamError::Gone),
+                        _ => Err(StreamError::NotFound),
+                    };
+                }
+                DeleteStreamOutcome::SoftDeleted | DeleteStreamOutcome::Gone => {
+                    self.hub.notify(&info.path);
+                    return Err(StreamError::Gone);
+                }
+                DeleteStreamOutcome::Deleted | DeleteStreamOutcome::NotFound => {
+                    self.hub.notify(&info.path);
+                    return Err(StreamError::NotFound);
+                }
+            }
         }
         Ok(info)
     }
@@ -515,7 +528,9 @@ impl Streams {
         self.hub.notify(path);
         match outcome {
             DeleteStreamOutcome::Deleted | DeleteStreamOutcome::SoftDeleted => Ok(()),
-            DeleteStreamOutcome::NotFound => Err(StreamError::NotFound),
+            DeleteStreamOutcome::NotFound | DeleteStreamOutcome::NotExpired => {
+                Err(StreamError::NotFound)
+            }
             DeleteStreamOutcome::Gone => Err(StreamError::Gone),
         }
     }

@@ -46,19 +46,16 @@ impl Streams {
 
     /// Deletes stream `id` at `path` if it is still there and still expired.
     async fn sweep_one(&self, path: &str, id: StreamId, swept: &mut Swept) -> StoreResult<()> {
-        // Looked at again: an append or a read that committed since the listing moved a TTL
-        // stream's last access, and then the stream lives on. (One committing between this look
-        // and the delete is lost with the stream, as with the delete on access.)
-        match self.store.stream_info(path).await? {
-            Some(info) if info.id == id && !info.soft_deleted && info.is_expired(now_millis()) => {}
-            // Gone, replaced, soft-deleted or alive again since the listing.
-            _ => return Ok(()),
-        }
-        match self.store.delete_stream(path, Some(id)).await? {
+        // Judged again by the store in the delete itself: an append or a read that committed
+        // since the listing moved a TTL stream's last access, and then the stream lives on.
+        match self.store.expire_stream(path, id, now_millis()).await? {
             DeleteStreamOutcome::Deleted => swept.deleted += 1,
             DeleteStreamOutcome::SoftDeleted => swept.soft_deleted += 1,
-            // Another replica (or a reader, deleting on access) got there first.
-            DeleteStreamOutcome::NotFound | DeleteStreamOutcome::Gone => return Ok(()),
+            // Another replica (or a reader, deleting on access) got there first, or it was
+            // replaced, soft-deleted or kept alive since the listing.
+            DeleteStreamOutcome::NotFound
+            | DeleteStreamOutcome::Gone
+            | DeleteStreamOutcome::NotExpired => return Ok(()),
         }
         // Readers waiting at its tail look again and find it gone.
         self.hub.notify(path);

@@ -1785,7 +1785,8 @@ pub async fn streams_forks(store: Arc<dyn Store>) -> CheckResult {
 /// append to an expired stream is `NotFound` (`Gone` when it has forks) and writes nothing;
 /// `stream_info` still shows it. A create at an expired stream's path replaces it (a new id,
 /// the old messages gone, its source's fork given back), unless it has forks: then it is
-/// soft-deleted and the create is `PathGone`.
+/// soft-deleted and the create is `PathGone`. `expire_stream` deletes a stream only if it is
+/// expired at the time given (`NotExpired` otherwise, nothing changed), and only the id named.
 pub async fn streams_expiry(store: Arc<dyn Store>) -> CheckResult {
     let store = &*store;
     require_streams(store)?;
@@ -1817,6 +1818,57 @@ pub async fn streams_expiry(store: Arc<dyn Store>) -> CheckResult {
     touch(stream.id, NOW + 15_000).await?;
     now_info.last_access = NOW + 15_000;
     expect_info(store, "expiry/ttl", &now_info, "after touch_stream").await?;
+    // expire_stream judges expiry itself, in the write: this stream was touched at NOW + 15 s,
+    // so a reader that judged it expired from an older look deletes nothing.
+    let expire = |path: &'static str, id, now| async move {
+        let what = format!("expire_stream({path}, id {id}, {now})");
+        store.expire_stream(path, id, now).await.succeeds(what)
+    };
+    let kept = expire("expiry/ttl", stream.id, NOW + 24_999).await?;
+    expect_eq(
+        "expire_stream of a stream alive at that time",
+        &kept,
+        &DeleteStreamOutcome::NotExpired,
+    )?;
+    expect_info(
+        store,
+        "expiry/ttl",
+        &now_info,
+        "after expire_stream kept it",
+    )
+    .await?;
+    let other = StreamId::new(stream.id.get().wrapping_add(1_000_000));
+    let wrong = expire("expiry/ttl", other, NOW + 1_000_000).await?;
+    expect_eq(
+        "expire_stream naming another stream's id",
+        &wrong,
+        &DeleteStreamOutcome::NotFound,
+    )?;
+    expect_info(
+        store,
+        "expiry/ttl",
+        &now_info,
+        "after expire_stream of another id",
+    )
+    .await?;
+    let doomed = create(
+        store,
+        NewStream {
+            expiry: Some(StreamExpiry::Ttl { secs: 10 }),
+            ..new_stream("expiry/expire", NOW)
+        },
+    )
+    .await?;
+    let removed = expire("expiry/expire", doomed.id, NOW + 10_000).await?;
+    expect_eq(
+        "expire_stream of a stream expired at that time",
+        &removed,
+        &DeleteStreamOutcome::Deleted,
+    )?;
+    ensure!(
+        stream_info(store, "expiry/expire").await?.is_none(),
+        "expire_stream reported Deleted but stream_info still has the stream"
+    );
     touch(stream.id, NOW + 1).await?;
     expect_info(
         store,
