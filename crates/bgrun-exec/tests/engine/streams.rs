@@ -11,6 +11,25 @@ use bytes::Bytes;
 
 use crate::fixture::*;
 
+/// An append of `body` to a `text/plain` stream.
+fn text_append(body: &'static [u8]) -> AppendStream {
+    AppendStream {
+        body: Bytes::from_static(body),
+        content_type: Some("text/plain".into()),
+        ..AppendStream::default()
+    }
+}
+
+/// A `text/plain` stream at `path` holding `body` (nothing when empty).
+fn text_stream(path: &str, body: &'static [u8]) -> CreateStream {
+    CreateStream {
+        path: path.into(),
+        content_type: Some("text/plain".into()),
+        body: Bytes::from_static(body),
+        ..CreateStream::default()
+    }
+}
+
 fn json_append(body: &str) -> AppendStream {
     AppendStream {
         body: Bytes::from(body.to_owned()),
@@ -112,14 +131,7 @@ async fn json_values_are_kept_as_sent_and_forks_read_through_their_source(backen
 async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backend) {
     let f = fixture(backend).await;
     let streams = f.engine.streams().clone();
-    streams
-        .create(CreateStream {
-            path: "tail".into(),
-            content_type: Some("text/plain".into()),
-            ..CreateStream::default()
-        })
-        .await
-        .unwrap();
+    streams.create(text_stream("tail", b"")).await.unwrap();
     let waiter = {
         let streams = streams.clone();
         tokio::spawn(async move {
@@ -129,17 +141,7 @@ async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backe
         })
     };
     readers_waiting(&f.engine, 1).await;
-    let appended = streams
-        .append(
-            "tail",
-            AppendStream {
-                body: Bytes::from_static(b"x"),
-                content_type: Some("text/plain".into()),
-                ..AppendStream::default()
-            },
-        )
-        .await
-        .unwrap();
+    let appended = streams.append("tail", text_append(b"x")).await.unwrap();
     assert_eq!(
         appended,
         AppendOutcome::Appended {
@@ -270,15 +272,7 @@ async fn expired_streams_are_swept_without_being_touched(backend: Backend) {
 async fn many_readers_woken_by_one_append_each_get_it(backend: Backend) {
     let f = fixture(backend).await;
     let streams = f.engine.streams().clone();
-    streams
-        .create(CreateStream {
-            path: "fan".into(),
-            content_type: Some("text/plain".into()),
-            body: Bytes::from_static(b"first"),
-            ..CreateStream::default()
-        })
-        .await
-        .unwrap();
+    streams.create(text_stream("fan", b"first")).await.unwrap();
     let readers: Vec<_> = (0..50)
         .map(|_| {
             let streams = streams.clone();
@@ -295,17 +289,7 @@ async fn many_readers_woken_by_one_append_each_get_it(backend: Backend) {
         })
         .collect();
     readers_waiting(&f.engine, 50).await;
-    streams
-        .append(
-            "fan",
-            AppendStream {
-                body: Bytes::from_static(b"second"),
-                content_type: Some("text/plain".into()),
-                ..AppendStream::default()
-            },
-        )
-        .await
-        .unwrap();
+    streams.append("fan", text_append(b"second")).await.unwrap();
     for reader in readers {
         let messages = reader.await.unwrap();
         assert_eq!(messages.len(), 1);
@@ -380,11 +364,7 @@ async fn postgres_an_append_on_one_replica_wakes_a_reader_on_another() {
     }
     let (a, b) = (&engines[0], &engines[1]);
     a.streams()
-        .create(CreateStream {
-            path: "shared".into(),
-            content_type: Some("text/plain".into()),
-            ..CreateStream::default()
-        })
+        .create(text_stream("shared", b""))
         .await
         .unwrap();
     let waiter = {
@@ -397,14 +377,7 @@ async fn postgres_an_append_on_one_replica_wakes_a_reader_on_another() {
     };
     readers_waiting(b, 1).await;
     a.streams()
-        .append(
-            "shared",
-            AppendStream {
-                body: Bytes::from_static(b"from a"),
-                content_type: Some("text/plain".into()),
-                ..AppendStream::default()
-            },
-        )
+        .append("shared", text_append(b"from a"))
         .await
         .unwrap();
     // Woken by the store's notification long before the 30 s timeout.
