@@ -17,7 +17,7 @@ use crate::error::{EngineError, EngineResult};
 /// How many events one store read takes.
 const STORE_PAGE: usize = 4096;
 /// How many events one read from memory takes.
-const MEMORY_BATCH: usize = 1024;
+const MEMORY_BATCH: usize = 2048;
 
 /// A resume stream's meta frame, sent before its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,22 +263,44 @@ impl EventStream {
     }
 
     /// Waits for the next batch of events (empty once the stream has ended).
+    ///
+    /// Cancel-safe: a read in flight when the future is dropped is kept, and the next call (or
+    /// poll of the stream) takes it up, so no event is lost or repeated.
     pub async fn next_batch(&mut self) -> EngineResult<Vec<Event>> {
-        if !self.ready.is_empty() {
-            let batch: Vec<Event> = self.ready.drain(..).collect();
-            return Ok(batch);
-        }
-        if let Some(pending) = self.pending.take() {
-            let (state, result) = pending.await;
+        futures::future::poll_fn(|cx| self.poll_batch(cx))
+            .await
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Polls for every event that is ready, at least one; `None` once the stream has ended.
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<EngineResult<Vec<Event>>>> {
+        loop {
+            if !self.ready.is_empty() {
+                return Poll::Ready(Some(Ok(self.ready.drain(..).collect())));
+            }
+            if self.pending.is_none() {
+                if self.done {
+                    return Poll::Ready(None);
+                }
+                let state = self.take_state();
+                self.pending = Some(Box::pin(fetch(state)));
+            }
+            let Some(pending) = self.pending.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (state, result) = futures::ready!(pending.as_mut().poll(cx));
+            self.pending = None;
             self.restore(state);
-            return result;
+            match result {
+                Ok(events) if events.is_empty() => {
+                    if self.done {
+                        return Poll::Ready(None);
+                    }
+                }
+                Ok(events) => return Poll::Ready(Some(Ok(events))),
+                Err(error) => return Poll::Ready(Some(Err(error))),
+            }
         }
-        if self.done {
-            return Ok(Vec::new());
-        }
-        let (state, result) = fetch(self.take_state()).await;
-        self.restore(state);
-        result
     }
 
     fn take_state(&mut self) -> FetchState {
@@ -410,28 +432,16 @@ impl Stream for EventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            if let Some(event) = this.ready.pop_front() {
-                return Poll::Ready(Some(Ok(event)));
+        if let Some(event) = this.ready.pop_front() {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        match futures::ready!(this.poll_batch(cx)) {
+            Some(Ok(events)) => {
+                this.ready.extend(events);
+                Poll::Ready(this.ready.pop_front().map(Ok))
             }
-            if this.pending.is_none() {
-                if this.done {
-                    return Poll::Ready(None);
-                }
-                let state = this.take_state();
-                this.pending = Some(Box::pin(fetch(state)));
-            }
-            let Some(pending) = this.pending.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let (state, result) = futures::ready!(pending.as_mut().poll(cx));
-            this.pending = None;
-            this.restore(state);
-            match result {
-                Ok(events) if events.is_empty() && this.done => return Poll::Ready(None),
-                Ok(events) => this.ready.extend(events),
-                Err(error) => return Poll::Ready(Some(Err(error))),
-            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error))),
+            None => Poll::Ready(None),
         }
     }
 }

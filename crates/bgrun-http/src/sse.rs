@@ -18,29 +18,20 @@ use axum::response::{IntoResponse, Response};
 use bgrun_core::{Event, RunId, RunKind};
 use bgrun_exec::{Engine, EventStream, MetaFrame};
 use bytes::Bytes;
-use futures::stream::ReadyChunks;
-use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-/// The most events one body chunk carries.
-const CHUNK_EVENTS: usize = 2048;
 
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// Appends one event's frame.
 pub(crate) fn push_event(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(b"id: ");
-    out.extend_from_slice(itoa(event.index()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(event.index()).as_bytes());
     out.extend_from_slice(b"\nevent: ");
     out.extend_from_slice(event.event_type().as_bytes());
     out.extend_from_slice(b"\ndata: ");
     out.extend_from_slice(event.json().as_bytes());
     out.extend_from_slice(b"\n\n");
-}
-
-fn itoa(value: u64) -> String {
-    value.to_string()
 }
 
 /// Appends one meta frame.
@@ -121,7 +112,7 @@ struct State {
     prefix: Option<Bytes>,
     run_id: RunId,
     terminal: [&'static str; 3],
-    events: Option<ReadyChunks<EventStream>>,
+    events: Option<EventStream>,
     guard: Option<CancelOnDrop>,
     keepalive: Duration,
     shutdown: CancellationToken,
@@ -154,38 +145,38 @@ impl State {
                 self.finish();
                 return None;
             }
-            next = tokio::time::timeout(self.keepalive, events.next()) => match next {
+            // `next_batch` is cancel-safe: a keepalive does not lose a read in flight.
+            next = tokio::time::timeout(self.keepalive, events.next_batch()) => match next {
                 Err(_) => return Some(Bytes::from_static(KEEPALIVE)),
-                Ok(None) => {
+                Ok(Ok(batch)) if batch.is_empty() => {
                     self.finish();
                     return None;
                 }
-                Ok(Some(batch)) => batch,
+                Ok(batch) => batch,
             },
         };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                let mut out = Vec::new();
+                let data =
+                    json!({"event": "error", "run_id": self.run_id, "error": error.to_string()});
+                push_named(&mut out, "error", &data.to_string());
+                self.finish();
+                return Some(Bytes::from(out));
+            }
+        };
+        // Every frame is written once, into a buffer sized for all of them.
         let size: usize = batch
             .iter()
-            .map(|event| match event {
-                Ok(event) => event.json().len() + event.event_type().len() + 32,
-                Err(_) => 128,
-            })
+            .map(|event| event.json().len() + event.event_type().len() + 40)
             .sum();
         let mut out = Vec::with_capacity(size);
-        for event in batch {
-            match event {
-                Ok(event) => {
-                    push_event(&mut out, &event);
-                    if self.terminal.contains(&event.event_type()) && event.run_id_is(&self.run_id)
-                    {
-                        self.finish();
-                    }
-                }
-                Err(error) => {
-                    let data = json!({"event": "error", "run_id": self.run_id, "error": error.to_string()});
-                    push_named(&mut out, "error", &data.to_string());
-                    self.finish();
-                    break;
-                }
+        for event in &batch {
+            push_event(&mut out, event);
+            if self.terminal.contains(&event.event_type()) && event.run_id_is(&self.run_id) {
+                self.finish();
+                break;
             }
         }
         Some(Bytes::from(out))
@@ -230,7 +221,7 @@ impl SseStream {
             prefix: (!prefix.is_empty()).then(|| Bytes::from(prefix)),
             run_id: self.run_id,
             terminal,
-            events: self.events.map(|events| events.ready_chunks(CHUNK_EVENTS)),
+            events: self.events,
             guard: self.guard,
             keepalive: self.keepalive,
             shutdown: self.shutdown,
