@@ -29,6 +29,8 @@
 //!   moment in one transaction (group commit) and replies once that transaction is committed. A
 //!   refused write (a lost compare-and-set, an index conflict, a taken id) writes nothing, so it
 //!   fails alone while the rest of its batch commits.
+//! - A run's events are stored a block per append (one row for all the events of one write), so
+//!   a replay reads a few rows where it would read one per event.
 //! - Reads run on a small pool of read-only connections on tokio's blocking pool.
 //! - Durable streams live in the same file: a row per stream, its messages keyed by (stream,
 //!   offset), its idempotent producers; their writes share the writer's group commit.
@@ -37,6 +39,7 @@
 //!   [`StoreError::Locked`](bgrun_core::StoreError::Locked).
 #![deny(missing_docs)]
 
+mod blocks;
 mod codec;
 mod lock;
 mod ops;

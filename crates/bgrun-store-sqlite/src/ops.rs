@@ -13,6 +13,7 @@ use bgrun_core::{
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
+use crate::blocks;
 use crate::codec::{
     index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS, SEQ_COLUMN,
 };
@@ -169,22 +170,18 @@ fn explain_refusal(run_id: &RunId, last: Option<u64>, events: &[Event]) -> Store
     }
 }
 
+/// Writes `events` (consecutive, as the caller checked) as one block.
 fn insert_events(conn: &Connection, seq: i64, events: &[Event]) -> StoreResult<()> {
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO events (run_seq, event_index, event_type, json) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(sql("preparing the event insert"))?;
-    for event in events {
-        insert
-            .execute(params![
-                seq,
-                index_to_sql(event.index())?,
-                event.event_type(),
-                event.json()
-            ])
-            .map_err(sql("inserting an event"))?;
-    }
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    let (first, last) = (index_to_sql(first.index())?, index_to_sql(last.index())?);
+    let body = blocks::encode(events)?;
+    conn.prepare_cached(
+        "INSERT INTO event_blocks (run_seq, last_index, first_index, body) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut insert| insert.execute(params![seq, last, first, body]))
+    .map_err(sql("inserting events"))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use tokio::sync::Semaphore;
 
+use crate::blocks;
 use crate::codec::{
     decode_cursor, encode_cursor, index_from_sql, run_from_row, RUN_COLUMNS, RUN_COLUMNS_R,
     SEQ_COLUMN,
@@ -178,33 +179,29 @@ pub(crate) fn read_events(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    // Each block holds at least one event: `limit` blocks are always enough.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT event_index, event_type, json FROM events \
-             WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND event_index > ?2 \
-             ORDER BY event_index LIMIT ?3",
+            "SELECT first_index, body FROM event_blocks \
+             WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND last_index > ?2 \
+             ORDER BY last_index LIMIT ?3",
         )
         .map_err(sql("preparing an event read"))?;
     let mut rows = stmt
         .query(params![run_id.as_str(), after, to_sql_limit(limit)])
         .map_err(sql("reading events"))?;
-    let mut events = Vec::with_capacity(limit.min(1024));
-    // A log repeats few type names: consecutive events share one allocation of theirs.
-    let mut last_type: Option<std::sync::Arc<str>> = None;
-    while let Some(row) = rows.next().map_err(sql("reading events"))? {
-        let event = (|| {
-            let index = index_from_sql(row.get(0)?, 0)?;
-            let event_type = row.get_ref(1)?.as_str()?;
-            let shared = match &last_type {
-                Some(last) if &**last == event_type => last.clone(),
-                _ => std::sync::Arc::<str>::from(event_type),
-            };
-            last_type = Some(shared.clone());
-            let json = row.get_ref(2)?.as_str()?;
-            Ok::<_, rusqlite::Error>(Event::from_parts(index, shared, json))
-        })()
-        .map_err(sql("reading an event"))?;
-        events.push(event);
+    let after = u64::try_from(after).ok();
+    let mut events = Vec::with_capacity(limit.min(4096));
+    while events.len() < limit {
+        let Some(row) = rows.next().map_err(sql("reading events"))? else {
+            break;
+        };
+        let (first_index, body) = row
+            .get(0)
+            .and_then(|first| index_from_sql(first, 0))
+            .and_then(|first| Ok((first, row.get_ref(1)?.as_blob()?)))
+            .map_err(sql("reading events"))?;
+        blocks::decode(first_index, body, after, limit, &mut events)?;
     }
     Ok(events)
 }

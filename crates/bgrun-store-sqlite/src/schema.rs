@@ -137,6 +137,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         END
     ) WHERE soft_deleted = 0 AND (ttl_secs IS NOT NULL OR expires_at_text IS NOT NULL);
     "#,
+    // 4: a run's events a block per append (`blocks.rs`): a replay steps through a row per
+    // block, not per event. Keyed by the block's last index, so that the blocks holding events
+    // after an index are a range of the key. The rows of the old table become blocks of one
+    // event each, in the same format (lengths in bytes: `length` of a BLOB; `unhex` of eight hex
+    // digits: four big-endian bytes).
+    r#"
+    CREATE TABLE event_blocks (
+        run_seq     INTEGER NOT NULL,
+        last_index  INTEGER NOT NULL,
+        first_index INTEGER NOT NULL,
+        body        BLOB NOT NULL,
+        PRIMARY KEY (run_seq, last_index)
+    );
+    INSERT INTO event_blocks (run_seq, last_index, first_index, body)
+        SELECT run_seq, event_index, event_index,
+            -- `||` makes text of blobs; the CAST makes the bytes a blob again.
+            CAST(unhex(printf('%08X', length(CAST(event_type AS BLOB)))) || event_type ||
+                 unhex(printf('%08X', length(CAST(json AS BLOB)))) || json AS BLOB)
+        FROM events ORDER BY run_seq, event_index;
+    DROP TABLE events;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -238,6 +259,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bgrun_core::{Event, RunId};
 
     #[test]
     fn migrations_run_once() {
@@ -257,6 +279,51 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |row| row.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn migration_4_turns_each_stored_event_into_a_block_that_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = open_writer(&path).unwrap();
+        for migration in &MIGRATIONS[..3] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        conn.execute(
+            "INSERT INTO runs (seq, run_id, session_id, kind, component_id, status, input, \
+             params, created_at, updated_at, last_event_index) \
+             VALUES (1, 'r', 's', 'agent', 'echo', 'COMPLETED', 'hi', '{}', 0, 0, 2)",
+            [],
+        )
+        .unwrap();
+        let events = [
+            Event::from_parts(0, "RunStarted", r#"{"event":"RunStarted"}"#),
+            Event::from_parts(1, "RunContent", r#"{"content":"é 日本 12:34"}"#),
+            Event::from_parts(2, "RunCompleted", r#"{"event":"RunCompleted"}"#),
+        ];
+        for event in &events {
+            conn.execute(
+                "INSERT INTO events (run_seq, event_index, event_type, json) VALUES (1, ?1, ?2, ?3)",
+                rusqlite::params![event.index() as i64, event.event_type(), event.json()],
+            )
+            .unwrap();
+        }
+
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() - 3);
+        let run_id = RunId::parse("r").unwrap();
+        assert_eq!(
+            crate::reader::read_events(&conn, &run_id, None, 10).unwrap(),
+            events
+        );
+        assert_eq!(
+            crate::reader::read_events(&conn, &run_id, Some(0), 1).unwrap(),
+            events[1..2]
+        );
+        let blocks: i64 = conn
+            .query_row("SELECT COUNT(*) FROM event_blocks", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(blocks, 3);
     }
 
     #[test]

@@ -692,7 +692,11 @@ mod tests {
         assert_eq!(status_of(&writer, "missing"), None);
         let events: i64 = writer
             .conn
-            .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+            .query_row(
+                "SELECT SUM(last_index - first_index + 1) FROM event_blocks",
+                [],
+                |row| row.get(0),
+            )
             .unwrap();
         assert_eq!(events, 2);
     }
