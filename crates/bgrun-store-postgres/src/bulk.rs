@@ -1,18 +1,21 @@
 //! The set-based fast path of a writer's batch: its common-case commands as one statement per
-//! kind of command, all sent with `BEGIN` in one round trip, then `COMMIT`.
+//! kind of command, all sent between `BEGIN` and `COMMIT` in one round trip.
 //!
 //! Executing a batch command by command costs a few round trips per command (savepoint, checks,
 //! write), so a writer's throughput fell with the number of writes a run makes. Here a batch of
-//! any size costs two round trips: the creates become one `INSERT .. SELECT FROM unnest(..)`, the
-//! lease grants one upsert, the releases one `DELETE`, the transitions and the appends each one
-//! compare-and-set `UPDATE` joined with the `INSERT` of their events (and, for a transition
-//! that ends a run, the `DELETE` of its lease).
+//! any size costs one round trip, as one autocommit `INSERT` does: the creates become one
+//! `INSERT .. SELECT FROM unnest(..)`, the lease grants one upsert, the releases one `DELETE`,
+//! the transitions and the appends each one compare-and-set `UPDATE` joined with the `INSERT` of
+//! their events (and, for a transition that ends a run, the `DELETE` of its lease).
 //!
 //! Only commands whose outcome the set statements can decide take this path ([`is_fast`]): first
 //! attempts without an idempotency key, one per run in the batch. A command the statements did
 //! not apply (a lost compare-and-set, a taken id, a lease held elsewhere, a fenced write) goes on
-//! to the command-by-command path, which finds out why and answers with the exact error. If any
-//! statement fails, the transaction is rolled back and every command goes that way too.
+//! to the command-by-command path, which finds out why and answers with the exact error. If the
+//! server refuses any statement, it ignores the rest of the transaction and the pipelined
+//! `COMMIT` rolls it back: every command goes that way too. If the connection fails with no
+//! statement refused, the `COMMIT` may have been executed: the commands are retried as after a
+//! `COMMIT` of unknown outcome.
 
 use std::collections::{HashMap, HashSet};
 
@@ -174,25 +177,37 @@ impl<'a> Events<'a> {
     }
 }
 
-/// Executes `fast` (from [`split`]) in one transaction.
+/// Executes `fast` (from [`split`]) in one transaction, in one round trip.
 pub(crate) async fn execute(
     inner: &Inner,
     client: &Object,
     fast: Vec<Queued>,
 ) -> Result<Executed, Refused> {
-    let rows = match statements(inner, client, &fast).await {
-        Ok(rows) => rows,
-        Err(failure) => {
+    match statements(inner, client, &fast).await {
+        Pipelined::Committed(rows) => Ok(rows.sort(fast)),
+        Pipelined::RolledBack(failure) => {
             tracing::debug!(error = ?failure, commands = fast.len(), "set-based batch failed; executing it command by command");
-            // Nothing was committed; if the connection is gone, so is the transaction.
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(Refused::Rolledback(fast));
+            Err(Refused::Rolledback(fast))
         }
-    };
-    if let Err(error) = client.batch_execute("COMMIT").await {
-        return Err(Refused::Unknown(fast, Failure::Db(error)));
+        Pipelined::Unknown(failure) => Err(Refused::Unknown(fast, failure)),
     }
-    Ok(rows.sort(fast))
+}
+
+/// How a pipelined batch ended.
+enum Pipelined {
+    /// Every statement succeeded and `COMMIT` answered.
+    Committed(Returned),
+    /// Nothing was committed: a statement was refused by the server (which then aborts the
+    /// transaction, so the pipelined `COMMIT` rolls it back), or nothing was sent.
+    RolledBack(Failure),
+    /// The connection failed with no statement refused: the `COMMIT` may have been executed.
+    Unknown(Failure),
+}
+
+/// Whether the server itself reported `error` (so the statement, and its transaction, failed),
+/// rather than the connection losing the answer.
+fn refused_by_server(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some()
 }
 
 /// What the statements returned, keyed by run id.
@@ -242,8 +257,16 @@ impl Returned {
     }
 }
 
-/// `BEGIN` and every statement, pipelined; the transaction is left open.
-async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Returned, Failure> {
+/// `BEGIN`, every statement and `COMMIT`, pipelined: one round trip.
+async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Pipelined {
+    match pipeline(inner, client, fast).await {
+        Ok(pipeline) => pipeline,
+        Err(failure) => Pipelined::RolledBack(failure),
+    }
+}
+
+/// [`statements`]; `Err` when nothing was sent.
+async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pipelined, Failure> {
     let mut creates = Creates::default();
     let mut leases = Leases::default();
     let mut releases = Releases::default();
@@ -400,8 +423,9 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<R
         &append_events.jsons,
     ];
     // `join!` polls in order, and a statement is queued on the connection when first polled:
-    // they reach the server in this order, in one round trip.
-    let (begun, locked, created, intents, leased, released, transitioned, appended) = futures::join!(
+    // they reach the server in this order, in one round trip. After a refused statement the
+    // server ignores the rest of the transaction, and its `COMMIT` rolls back.
+    let (begun, locked, created, intents, leased, released, transitioned, appended, committed) = futures::join!(
         client.batch_execute("BEGIN"),
         async {
             if creates.run_ids.is_empty() {
@@ -453,33 +477,62 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<R
             }
             Some(client.query(&append, &append_params).await)
         },
+        client.batch_execute("COMMIT"),
     );
-    begun?;
-    locked.transpose()?;
-    released.transpose()?;
-    let ids = |rows: Option<Result<Vec<Row>, tokio_postgres::Error>>| -> Result<HashSet<String>, Failure> {
-        Ok(rows
-            .transpose()?
-            .unwrap_or_default()
+    let errors = [
+        begun.as_ref().err(),
+        locked.as_ref().and_then(|result| result.as_ref().err()),
+        created.as_ref().and_then(|result| result.as_ref().err()),
+        intents.as_ref().and_then(|result| result.as_ref().err()),
+        leased.as_ref().and_then(|result| result.as_ref().err()),
+        released.as_ref().and_then(|result| result.as_ref().err()),
+        transitioned
+            .as_ref()
+            .and_then(|result| result.as_ref().err()),
+        appended.as_ref().and_then(|result| result.as_ref().err()),
+    ];
+    if let Some(refused) = errors
+        .iter()
+        .flatten()
+        .find(|error| refused_by_server(error))
+    {
+        return Ok(Pipelined::RolledBack(Failure::Batch {
+            transient: crate::fault::is_transient_db(refused),
+            why: crate::fault::describe(refused),
+        }));
+    }
+    if let Some(lost) = errors.into_iter().flatten().next() {
+        return Ok(Pipelined::Unknown(Failure::Batch {
+            transient: crate::fault::is_transient_db(lost),
+            why: crate::fault::describe(lost),
+        }));
+    }
+    if let Err(error) = committed {
+        return Ok(Pipelined::Unknown(Failure::Db(error)));
+    }
+    // Every statement succeeded (checked above): their rows.
+    let rows = |result: Option<Result<Vec<Row>, tokio_postgres::Error>>| {
+        result.and_then(Result::ok).unwrap_or_default()
+    };
+    let ids = |result| -> HashSet<String> {
+        rows(result)
             .iter()
             .map(|row| row.get::<_, String>(0))
-            .collect())
+            .collect()
     };
-    let by_id = |rows: Option<Result<Vec<Row>, tokio_postgres::Error>>| -> Result<HashMap<String, Row>, Failure> {
-        Ok(rows
-            .transpose()?
-            .unwrap_or_default()
+    let by_id = |result| -> HashMap<String, Row> {
+        rows(result)
             .into_iter()
             .map(|row| (row.get::<_, String>("run_id"), row))
-            .collect())
+            .collect()
     };
-    Ok(Returned {
-        created: by_id(created)?,
-        cancel_intents: ids(intents)?,
-        leased: ids(leased)?,
-        transitioned: by_id(transitioned)?,
-        appended: ids(appended)?,
-    })
+    Ok(Pipelined::Committed(Returned {
+        created: by_id(created),
+        cancel_intents: ids(intents),
+        leased: ids(leased),
+        transitioned: by_id(transitioned),
+        appended: ids(appended),
+    }))
 }
 
 /// The statements, in the store's schema (made once, when the store opens).

@@ -71,7 +71,7 @@ impl Failure {
             _ => Self::Batch {
                 transient: self.is_transient(),
                 why: match self {
-                    Self::Db(error) | Self::Race(error) => error.to_string(),
+                    Self::Db(error) | Self::Race(error) => describe(error),
                     Self::Pool(error) => error.to_string(),
                     Self::Store(error) => error.to_string(),
                     Self::Batch { why, .. } => why.clone(),
@@ -83,11 +83,36 @@ impl Failure {
     pub(crate) fn into_store_error(self, context: &str) -> StoreError {
         match self {
             Self::Store(error) => error,
-            Self::Db(error) | Self::Race(error) => StoreError::backend(context, error),
+            Self::Db(error) | Self::Race(error) => StoreError::backend(context, ServerSaid(error)),
             Self::Pool(PoolError::Closed) => StoreError::Closed,
             Self::Pool(error) => StoreError::backend(context, error),
             Self::Batch { why, .. } => StoreError::backend(context, why),
         }
+    }
+}
+
+/// A PostgreSQL error whose message says what the server said: tokio-postgres's own is just
+/// "db error", with the server's words in its source, which a log line of the error misses.
+#[derive(Debug)]
+struct ServerSaid(tokio_postgres::Error);
+
+impl std::fmt::Display for ServerSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for ServerSaid {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// `error` with the server's message, if the server sent one.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{error}: {db}"),
+        None => error.to_string(),
     }
 }
 

@@ -84,6 +84,12 @@ impl TestSchema {
         Ok(row.get::<_, i64>(0).unsigned_abs())
     }
 
+    /// Runs `sql` (statements separated by `;`) on its own connection, to set a test's scene
+    /// (a trigger, a lock held elsewhere).
+    pub async fn execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        connect(&self.url).await?.batch_execute(sql).await
+    }
+
     async fn drop_schema(url: &str, name: &str) -> Result<(), tokio_postgres::Error> {
         let client = connect(url).await?;
         client

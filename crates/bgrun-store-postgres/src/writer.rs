@@ -8,7 +8,7 @@
 //! write after its create is only sent once the create is answered). A writer takes the first queued command and every
 //! other one already queued (up to [`MAX_BATCH`]) and executes them on its pooled connection:
 //! first the common-case commands as a few set-based statements in one transaction
-//! ([`crate::bulk`]: two round trips whatever the batch's size), then the rest command by
+//! ([`crate::bulk`]: one round trip whatever the batch's size), then the rest command by
 //! command in another, each in a `SAVEPOINT` of its own (sent in the same round trip as the
 //! command's first statement). It replies once a command's transaction committed (a caller
 //! learns of success only once its write is durable, and many writes share one WAL flush) and

@@ -229,6 +229,71 @@ async fn appends_survive_killed_connections_without_loss_or_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_server_refuses_fails_alone_and_the_writes_batched_with_it_commit() {
+    const RUNS: usize = 24;
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    // The server refuses any event whose JSON says "boom", as it would a violated constraint.
+    let name = schema.name();
+    schema
+        .execute(&format!(
+            "CREATE FUNCTION \"{name}\".refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.json LIKE '%boom%' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_boom BEFORE INSERT ON \"{name}\".events \
+             FOR EACH ROW EXECUTE FUNCTION \"{name}\".refuse_boom();"
+        ))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        runs.push(running_run(&store).await);
+    }
+    let refused = &runs[RUNS / 2];
+    let mut boom = events(refused, 0, 3);
+    let mut fields = serde_json::Map::new();
+    fields.insert("content".into(), "boom".into());
+    boom[1] = Event::render(
+        Envelope {
+            run_id: &refused.run_id,
+            session_id: &refused.session_id,
+            created_at: refused.created_at,
+        },
+        1,
+        "RunContent",
+        &fields,
+    );
+
+    // All at once, so that the writers batch them together (the outcome must not depend on it).
+    let appends = runs.iter().map(|run| {
+        let store = store.clone();
+        let events = if run.run_id == refused.run_id {
+            boom.clone()
+        } else {
+            events(run, 0, 5)
+        };
+        let run_id = run.run_id.clone();
+        async move { store.append_events(&run_id, &events).await }
+    });
+    let results = futures::future::join_all(appends).await;
+
+    for (run, result) in runs.iter().zip(results) {
+        let stored = store.read_events(&run.run_id, None, 100).await.unwrap();
+        let record = store.get_run(&run.run_id).await.unwrap().unwrap();
+        if run.run_id == refused.run_id {
+            let error = result.unwrap_err();
+            assert!(error.to_string().contains("refused by the test"), "{error}");
+            assert_eq!(stored, []);
+            assert_eq!(record.last_event_index, None);
+        } else {
+            result.unwrap();
+            assert_eq!(stored, events(run, 0, 5));
+            assert_eq!(record.last_event_index, Some(4));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_reconnects_and_asks_for_a_resync() {
     let schema = TestSchema::new();
     let store = schema.store().await.unwrap();

@@ -256,7 +256,7 @@ mod pg {
     use futures::StreamExt;
     use serde_json::Value;
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
+    use tokio_postgres::types::{ToSql, Type};
     use tokio_postgres::{Client, NoTls};
 
     use super::{event_json, percentile, store_row};
@@ -353,7 +353,8 @@ mod pg {
             .batch_execute(&format!(
                 "CREATE SCHEMA {r};
                  CREATE TABLE {r}.runs (LIKE {e}.runs INCLUDING ALL);
-                 CREATE TABLE {r}.events (LIKE {e}.events INCLUDING ALL);"
+                 CREATE TABLE {r}.events (LIKE {e}.events INCLUDING ALL);
+                 CREATE TABLE {r}.leases (LIKE {e}.leases INCLUDING ALL);"
             ))
             .await
             .expect("raw schema");
@@ -369,7 +370,9 @@ mod pg {
         created_at, updated_at) VALUES ($1, $1, 'agent', 'ticker', 'PENDING', 'x', \
         '{\"count\":0}', $2, $2)";
 
-    /// P1: `start` until PENDING is persisted, one after another; raw: one autocommit INSERT.
+    /// P1: `start` until PENDING is persisted, one after another (each run, `ticker` with no
+    /// ticks, executes beside the next starts); raw: one autocommit INSERT, each run's
+    /// execution writes going on beside the next inserts as bgrun's do ([`RawExecution`]).
     async fn p1(url: &str, schemas: &Schemas, client: &Client, n: usize) -> Vec<Value> {
         let engine = engine(url, &schemas.engine).await;
         let mut samples = Vec::with_capacity(n);
@@ -388,16 +391,38 @@ mod pg {
             .prepare(&format!("INSERT INTO {}.runs {INSERT_RUN}", schemas.raw))
             .await
             .expect("prepare");
+        let execution = RawExecution::new(url, &schemas.raw).await;
+        let insert_run = |run_id: RunId| {
+            let insert = &insert;
+            async move {
+                let began = Instant::now();
+                client
+                    .execute(insert, &[&run_id.as_str(), &0_i64])
+                    .await
+                    .expect("insert run");
+                began.elapsed()
+            }
+        };
+        let mut executing = Vec::with_capacity(n);
         let mut raw = Vec::with_capacity(n);
         for _ in 0..n {
             let run_id = RunId::generate();
-            let began = Instant::now();
-            client
-                .execute(&insert, &[&run_id.as_str(), &0_i64])
-                .await
-                .expect("insert run");
-            raw.push(began.elapsed());
+            raw.push(insert_run(run_id.clone()).await);
+            executing.push(tokio::spawn(execution.clone().run(run_id)));
         }
+        for run in futures::future::join_all(executing).await {
+            run.expect("raw execution");
+        }
+        // For the record: the same INSERTs with nothing executing beside them.
+        let mut alone = Vec::with_capacity(n);
+        for _ in 0..n {
+            alone.push(insert_run(RunId::generate()).await);
+        }
+        println!(
+            "P1   postgres raw INSERT with no run executing beside it: p50 {:.1} us, p99 {:.1} us",
+            percentile(&mut alone, 0.50),
+            percentile(&mut alone, 0.99)
+        );
         vec![
             row(
                 "P1",
@@ -412,6 +437,127 @@ mod pg {
                 percentile(&mut raw, 0.99),
             ),
         ]
+    }
+
+    /// The writes of a started run executing, in bare tokio-postgres: what bgrun's writers send
+    /// for a `ticker` run without ticks (a lease, `RUNNING` and its first event in one
+    /// transaction; `COMPLETED`, the last event and the lease's release in another), each
+    /// pipelined in one round trip, on one of four connections chosen by run (bgrun's writers).
+    #[derive(Clone)]
+    struct RawExecution {
+        /// Each connection with its statements (prepared on it): start, then end.
+        connections: std::sync::Arc<Vec<RawConnection>>,
+    }
+
+    struct RawConnection {
+        client: Client,
+        started: [tokio_postgres::Statement; 3],
+        ended: [tokio_postgres::Statement; 3],
+    }
+
+    impl RawExecution {
+        async fn new(url: &str, r: &str) -> Self {
+            let mut connections = Vec::new();
+            for _ in 0..4 {
+                let client = connect(url).await;
+                let prepare = |sql: String| {
+                    let client = &client;
+                    async move { client.prepare(&sql).await.expect("prepare") }
+                };
+                let started = [
+                    prepare(format!(
+                        "INSERT INTO {r}.leases (run_id, owner, expires_at) \
+                         VALUES ($1, 'raw', now() + interval '30 seconds')"
+                    ))
+                    .await,
+                    prepare(format!(
+                        "UPDATE {r}.runs SET status = 'RUNNING', updated_at = 1, \
+                         last_event_index = 0 WHERE run_id = $1 AND status = 'PENDING'"
+                    ))
+                    .await,
+                    prepare(format!(
+                        "INSERT INTO {r}.events (run_id, event_index, event_type, json) \
+                         VALUES ($1, $2, 'RunContent', $3)"
+                    ))
+                    .await,
+                ];
+                let ended = [
+                    prepare(format!(
+                        "UPDATE {r}.runs SET status = 'COMPLETED', updated_at = 2, \
+                         last_event_index = 1, content = '' \
+                         WHERE run_id = $1 AND status = 'RUNNING'"
+                    ))
+                    .await,
+                    prepare(format!(
+                        "INSERT INTO {r}.events (run_id, event_index, event_type, json) \
+                         VALUES ($1, $2, 'RunContent', $3)"
+                    ))
+                    .await,
+                    prepare(format!(
+                        "DELETE FROM {r}.leases WHERE run_id = $1 AND owner = 'raw'"
+                    ))
+                    .await,
+                ];
+                connections.push(RawConnection {
+                    client,
+                    started,
+                    ended,
+                });
+            }
+            Self {
+                connections: std::sync::Arc::new(connections),
+            }
+        }
+
+        async fn run(self, run_id: RunId) {
+            let id = run_id.as_str();
+            let connection = &self.connections
+                [id.bytes().map(usize::from).sum::<usize>() % self.connections.len()];
+            let client = &connection.client;
+            let (first, last) = (event_json(id, 0), event_json(id, 1));
+            let [lease, running, event] = &connection.started;
+            let by_id: Params = &[&id];
+            transaction(
+                client,
+                [
+                    (lease, by_id),
+                    (running, by_id),
+                    (event, &[&id, &0_i64, &first]),
+                ],
+            )
+            .await;
+            let [completed, event, release] = &connection.ended;
+            transaction(
+                client,
+                [
+                    (completed, by_id),
+                    (event, &[&id, &1_i64, &last]),
+                    (release, by_id),
+                ],
+            )
+            .await;
+        }
+    }
+
+    type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+    /// Three statements in one transaction, pipelined with `BEGIN` and `COMMIT` in one round
+    /// trip (as bgrun's writers send a batch).
+    async fn transaction(
+        client: &Client,
+        statements: [(&tokio_postgres::Statement, Params<'_>); 3],
+    ) {
+        let [(a, a_params), (b, b_params), (c, c_params)] = statements;
+        let (begun, a, b, c, committed) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.execute(a, a_params),
+            client.execute(b, b_params),
+            client.execute(c, c_params),
+            client.batch_execute("COMMIT"),
+        );
+        begun.expect("begin");
+        a.and(b).and(c).expect("raw write");
+        committed.expect("commit");
     }
 
     /// P2: `runs` runs of 10 events each, launched at once, until all are terminal; raw: the
