@@ -4,7 +4,7 @@
 //! written by tokio-postgres alone, in a fresh schema dropped afterwards.
 //!
 //! `cargo xtask bench` runs this; directly: `cargo bench -p bgrun [--features postgres] --bench
-//! engine -- [--quick] [--out FILE]`. Rows are printed and written as JSON.
+//! engine -- [--quick] [--out FILE] [--only P1,P2,P3]`. Rows are printed and written as JSON.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
@@ -234,12 +234,18 @@ fn main() {
     };
     let mut rows = Vec::new();
     runtime.block_on(async {
-        rows.extend(p1(dir.path(), p1_n).await);
-        rows.extend(p2(dir.path(), p2_n).await);
-        rows.extend(p3(dir.path(), p3_n).await);
+        if options.runs("P1") {
+            rows.extend(p1(dir.path(), p1_n).await);
+        }
+        if options.runs("P2") {
+            rows.extend(p2(dir.path(), p2_n).await);
+        }
+        if options.runs("P3") {
+            rows.extend(p3(dir.path(), p3_n).await);
+        }
         #[cfg(feature = "postgres")]
         match pg::url() {
-            Some(url) => rows.extend(pg::all(&url, p1_n, p2_n, p3_n).await),
+            Some(url) => rows.extend(pg::all(&url, &options, p1_n, p2_n, p3_n).await),
             None => println!("postgres rows skipped: set BGRUN_BENCH_PG_URL or BGRUN_TEST_PG_URL"),
         }
     });
@@ -259,7 +265,7 @@ mod pg {
     use tokio_postgres::types::{ToSql, Type};
     use tokio_postgres::{Client, NoTls};
 
-    use super::{event_json, percentile, store_row};
+    use super::{event_json, percentile, store_row, BenchOptions};
 
     fn row(id: &str, metric: &str, value: f64, raw: f64) -> Value {
         store_row(id, "postgres", metric, value, raw)
@@ -331,7 +337,13 @@ mod pg {
         .expect("open engine on PostgreSQL")
     }
 
-    pub async fn all(url: &str, p1_n: usize, p2_n: usize, p3_n: u64) -> Vec<Value> {
+    pub async fn all(
+        url: &str,
+        options: &BenchOptions,
+        p1_n: usize,
+        p2_n: usize,
+        p3_n: u64,
+    ) -> Vec<Value> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
@@ -359,9 +371,15 @@ mod pg {
             .await
             .expect("raw schema");
         let mut rows = Vec::new();
-        rows.extend(p1(url, &schemas, &client, p1_n).await);
-        rows.extend(p2(url, &schemas, &client, p2_n).await);
-        rows.extend(p3(url, &schemas, &client, p3_n).await);
+        if options.runs("P1") {
+            rows.extend(p1(url, &schemas, &client, p1_n).await);
+        }
+        if options.runs("P2") {
+            rows.extend(p2(url, &schemas, &client, p2_n).await);
+        }
+        if options.runs("P3") {
+            rows.extend(p3(url, &schemas, &client, p3_n).await);
+        }
         drop(schemas);
         rows
     }
