@@ -164,7 +164,15 @@ impl PostgresStore {
         owner: Option<&str>,
     ) -> StoreResult<()> {
         if events.is_empty() {
-            return Ok(());
+            // A no-op on a live run; a missing or ended run is told as for a non-empty append.
+            return match runs::get(&self.inner, run_id).await? {
+                None => Err(StoreError::RunNotFound(run_id.clone())),
+                Some(run) if run.status.is_terminal() => Err(StoreError::RunEnded {
+                    run_id: run_id.clone(),
+                    status: run.status,
+                }),
+                Some(_) => Ok(()),
+            };
         }
         events::check_contiguous(run_id, events)?;
         self.inner

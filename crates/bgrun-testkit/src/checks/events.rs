@@ -107,7 +107,8 @@ pub async fn append_and_read(store: Arc<dyn Store>) -> CheckResult {
 /// with a hole, a repeat or the wrong order inside, a first append not at 0 — are
 /// `IndexConflict` and write nothing; the right continuation still works afterwards. An append
 /// to an unknown run is `RunNotFound`; an empty append to a live run is a no-op; an append to a
-/// terminal run is `RunEnded` (with its status) and writes nothing.
+/// terminal run is `RunEnded` (with its status) and writes nothing. An empty append to an
+/// unknown or a terminal run is the same error as a non-empty one.
 pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
     let store = &*store;
     let run = create_running(store, new_run("run-strict", "session-1", T0)).await?;
@@ -221,6 +222,12 @@ pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
             "append_events to a run that does not exist: expected Err(RunNotFound(run-missing)), got {other:?}"
         ),
     }
+    match store.append_events(&missing, &[]).await {
+        Err(StoreError::RunNotFound(id)) if id == missing => {}
+        other => fail!(
+            "an empty append_events to a run that does not exist: expected Err(RunNotFound(run-missing)) (only a live run takes an empty append as a no-op), got {other:?}"
+        ),
+    }
 
     for status in [RunStatus::Completed, RunStatus::Error, RunStatus::Cancelled] {
         let id = format!("run-ended-{status}");
@@ -248,6 +255,15 @@ pub async fn append_rejections(store: Arc<dyn Store>) -> CheckResult {
             }) if run_id == ended.run_id && actual == status => {}
             other => fail!(
                 "append_events to {id}, which is {status}: expected Err(RunEnded {{ run_id: {id}, status: {status} }}) (a terminal run takes no more events), got {other:?}"
+            ),
+        }
+        match store.append_events(&ended.run_id, &[]).await {
+            Err(StoreError::RunEnded {
+                run_id,
+                status: actual,
+            }) if run_id == ended.run_id && actual == status => {}
+            other => fail!(
+                "an empty append_events to {id}, which is {status}: expected Err(RunEnded {{ run_id: {id}, status: {status} }}) (only a live run takes an empty append as a no-op), got {other:?}"
             ),
         }
         expect_events(
