@@ -10,6 +10,27 @@ use super::StreamError;
 /// The media type of JSON-mode streams.
 pub const JSON: &str = "application/json";
 
+/// Bodies up to this size are parsed where they arrive; larger ones (up to the HTTP layer's
+/// limit, 16 MiB by default: tens of milliseconds of parsing) on a blocking thread, so that
+/// they do not hold up the runtime's other tasks.
+const PARSE_INLINE_BYTES: usize = 256 << 10;
+
+/// [`message`], off the async runtime for a large body.
+pub(crate) async fn parse(body: &Bytes, allow_empty: bool) -> Result<Option<Bytes>, StreamError> {
+    if body.len() <= PARSE_INLINE_BYTES {
+        return message(body, allow_empty);
+    }
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || message(&body, allow_empty))
+        .await
+        .map_err(|error| {
+            StreamError::Store(bgrun_core::StoreError::backend(
+                "parsing a JSON body",
+                error,
+            ))
+        })?
+}
+
 /// The message an append of `body` to a JSON stream stores: `None` for an empty array, which
 /// only a create may send (`allow_empty`). Values keep their text as sent (no re-encoding).
 pub(crate) fn message(body: &[u8], allow_empty: bool) -> Result<Option<Bytes>, StreamError> {

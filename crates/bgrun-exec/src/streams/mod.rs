@@ -277,7 +277,7 @@ impl Streams {
         };
         if !request.body.is_empty() {
             if media_type(&content_type) == json::JSON {
-                messages.extend(json::message(&request.body, true)?);
+                messages.extend(json::parse(&request.body, true).await?);
             } else {
                 messages.push(request.body.clone());
             }
@@ -398,7 +398,7 @@ impl Streams {
             // The stream's content type is checked by the store: a JSON body can only land in
             // a JSON stream. A body that is not valid JSON is refused here, unless the stream
             // is no JSON stream at all: that is the conflict to report.
-            match json::message(&request.body, false) {
+            match json::parse(&request.body, false).await {
                 Ok(message) => message.into_iter().collect(),
                 Err(error) => {
                     let info = self.get(path).await?;

@@ -86,6 +86,37 @@ async fn json_values_are_kept_as_sent_and_forks_read_through_their_source(backen
         streams.append("events", json_append("[]")).await,
         Err(StreamError::EmptyJsonArray)
     ));
+    // A body large enough to be parsed on a blocking thread: the same rules.
+    let values: Vec<String> = (0..40_000).map(|i| format!("\"value {i}\"")).collect();
+    let large = format!("[{}]", values.join(", "));
+    assert!(large.len() > 256 << 10);
+    let mut broken = large.clone();
+    broken.pop();
+    let missing = streams.append("events-large", json_append(&large)).await;
+    assert!(
+        matches!(missing, Ok(AppendOutcome::NotFound)),
+        "{missing:?}"
+    );
+    streams
+        .create(CreateStream {
+            path: "events-large".into(),
+            content_type: Some("application/json".into()),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        streams.append("events-large", json_append(&broken)).await,
+        Err(StreamError::InvalidJson(_))
+    ));
+    streams
+        .append("events-large", json_append(&large))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(streams, "events-large", 0, usize::MAX).await,
+        [values.join(",")]
+    );
     // A fork at offset 1 taking the first two values of the source's second message.
     let fork = streams
         .create(CreateStream {
