@@ -126,6 +126,8 @@ pub(crate) struct EngineInner {
     pub(crate) remote: crate::remote::RemoteRuns,
     /// Durable streams, over the same store.
     pub(crate) streams: crate::streams::Streams,
+    /// The content so far of runs polled here but executed elsewhere.
+    pub(crate) partial_contents: crate::content::PartialContents,
     metrics: Arc<crate::metrics::Counters>,
 }
 
@@ -231,6 +233,7 @@ impl Engine {
             interrupt: CancellationToken::new(),
             config,
             remote: crate::remote::RemoteRuns::default(),
+            partial_contents: crate::content::PartialContents::default(),
         });
         let engine = Self { inner };
         crate::remote::spawn_listener(&engine);
@@ -311,15 +314,15 @@ impl Engine {
         let Some(mut run) = self.inner.store.get_run(run_id).await? else {
             return Ok(None);
         };
-        if !run.has_completed() {
-            if let Some(active) = self.inner.active(run_id) {
-                if run.status == RunStatus::Running {
-                    run.content = Some(active.content());
-                }
-                run.last_event_index = active.writer.durable().checked_sub(1);
-            } else if run.status == RunStatus::Running {
-                run.content = Some(crate::recovery::stored_content(self, &run).await?);
+        if run.has_completed() {
+            self.inner.partial_contents.forget(run_id);
+        } else if let Some(active) = self.inner.active(run_id) {
+            if run.status == RunStatus::Running {
+                run.content = Some(active.content());
             }
+            run.last_event_index = active.writer.durable().checked_sub(1);
+        } else if run.status == RunStatus::Running {
+            run.content = Some(self.inner.partial_contents.content(self, &run).await?);
         }
         Ok(Some(run))
     }

@@ -51,6 +51,7 @@
 
 mod active;
 mod config;
+mod content;
 mod context;
 pub mod demo;
 mod engine;

@@ -1,4 +1,5 @@
-//! Counters of what an engine stored: runs created and ended by status, events appended.
+//! Counters of what an engine stored and read: runs created and ended by status, events
+//! appended, events read back from the store.
 //!
 //! Counted at the store boundary (a wrapper around the engine's store), so every path that
 //! writes (start, finish, cancel before start, recovery) counts without knowing of it.
@@ -30,6 +31,9 @@ pub struct EngineMetrics {
     pub runs_cancelled: u64,
     /// Events stored.
     pub events_appended: u64,
+    /// Events read back from the store (replays of runs no longer in memory, runs executed
+    /// elsewhere).
+    pub events_read: u64,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +43,7 @@ pub(crate) struct Counters {
     errored: AtomicU64,
     cancelled: AtomicU64,
     events: AtomicU64,
+    events_read: AtomicU64,
 }
 
 impl Counters {
@@ -49,6 +54,7 @@ impl Counters {
             runs_errored: self.errored.load(Ordering::Relaxed),
             runs_cancelled: self.cancelled.load(Ordering::Relaxed),
             events_appended: self.events.load(Ordering::Relaxed),
+            events_read: self.events_read.load(Ordering::Relaxed),
         }
     }
 }
@@ -202,7 +208,11 @@ impl Store for CountingStore {
         after: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
-        self.inner.read_events(run_id, after, limit).await
+        let events = self.inner.read_events(run_id, after, limit).await?;
+        self.counters
+            .events_read
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(events)
     }
 
     async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {

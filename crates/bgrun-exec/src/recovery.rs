@@ -4,7 +4,7 @@
 //! lapsed leases.
 
 use bgrun_core::{
-    Event, LeaseGrant, Outcome, RunFilter, RunRecord, RunStatus, Transition, TransitionOutcome,
+    LeaseGrant, Outcome, RunFilter, RunRecord, RunStatus, Transition, TransitionOutcome,
 };
 use serde_json::{Map, Value};
 
@@ -145,7 +145,7 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
         .await?;
         return Ok(true);
     }
-    let content = stored_content(engine, &run).await?;
+    let content = crate::content::stored_content(engine, &run).await?;
     let mut fields = Map::new();
     fields.insert("content".into(), Value::String("interrupted".into()));
     fields.insert("error".into(), Value::String("interrupted".into()));
@@ -169,42 +169,6 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
         tracing::info!(run_id = %run.run_id, "interrupted run ended ERROR");
     }
     Ok(outcome.applied())
-}
-
-/// The concatenation of a run's own content events, read from the store.
-pub(crate) async fn stored_content(engine: &Engine, run: &RunRecord) -> EngineResult<String> {
-    let content_event = run.target.kind.content_event();
-    let mut content = String::new();
-    let mut after = None;
-    loop {
-        let events = engine
-            .inner
-            .store
-            .read_events(&run.run_id, after, 1000)
-            .await?;
-        let Some(last) = events.last() else {
-            return Ok(content);
-        };
-        after = Some(last.index());
-        for event in events
-            .iter()
-            .filter(|event| event.event_type() == content_event)
-        {
-            content.push_str(&own_content(event, run).unwrap_or_default());
-        }
-    }
-}
-
-/// An event's `content` when it is the run's own (not forwarded from a child).
-fn own_content(event: &Event, run: &RunRecord) -> Option<String> {
-    let mut fields = event.fields().ok()?;
-    if fields.get("run_id").and_then(Value::as_str) != Some(run.run_id.as_str()) {
-        return None;
-    }
-    match fields.remove("content") {
-        Some(Value::String(text)) => Some(text),
-        _ => None,
-    }
 }
 
 /// Spawns eviction, the expired-stream sweep, lease renewal and orphan recovery; all stop at

@@ -62,6 +62,12 @@ pub(crate) fn render(state: &AppState) -> String {
         "Run events this process stored.",
         &[("", engine.events_appended)],
     );
+    counter(
+        &mut out,
+        "bgrun_events_read_total",
+        "Run events this process read back from the store.",
+        &[("", engine.events_read)],
+    );
     let _ = writeln!(
         out,
         "# HELP bgrun_runs_active Runs executing or queued in this process."

@@ -793,6 +793,8 @@ async fn metrics_count_runs_by_status_and_events() {
         "bgrun_runs_total{status=\"CANCELLED\"} 0",
         // echo: 4 events; fail: 2.
         "bgrun_events_appended_total 6",
+        // Both were answered from memory.
+        "bgrun_events_read_total 0",
         "# TYPE bgrun_runs_total counter",
     ] {
         assert!(

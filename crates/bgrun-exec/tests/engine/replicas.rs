@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use bgrun_core::{Event, LeaseGrant, NewRun, RunId, RunKind, RunStatus, RunTarget, Transition};
+use bgrun_core::{
+    Event, LeaseGrant, NewRun, RunId, RunKind, RunStatus, RunTarget, Store, Transition,
+};
 use bgrun_exec::{Engine, EngineConfig, MetaFrame, StartRequest};
 use bgrun_store_postgres::testing::TestSchema;
 use futures::StreamExt;
@@ -61,6 +63,85 @@ async fn postgres_resume_on_another_replica_gives_exactly_the_rest_live() {
     whole.extend(rest);
     assert_eq!(whole, all_events(&a, &run.run_id, None).await);
     assert_eq!(whole.len(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_polling_a_run_executed_elsewhere_reads_only_its_new_events() {
+    let schema = TestSchema::new();
+    let engine = Engine::open(
+        std::sync::Arc::new(schema.store().await.unwrap()),
+        bgrun_exec::demo::registry(),
+        EngineConfig::default(),
+    )
+    .await
+    .unwrap();
+    // The run is executed "elsewhere": written straight to the store, leased by another owner.
+    let elsewhere = schema.store().await.unwrap();
+    let run = elsewhere
+        .create_run(NewRun::new(RunTarget::new(RunKind::Agent, "ticker"), "x"))
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    assert_eq!(
+        elsewhere
+            .acquire_lease(&run.run_id, "elsewhere", Duration::from_secs(600))
+            .await
+            .unwrap(),
+        LeaseGrant::Granted
+    );
+    let envelope = bgrun_core::Envelope {
+        run_id: &run.run_id,
+        session_id: &run.session_id,
+        created_at: run.created_at,
+    };
+    let tick = |index: u64| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("content".into(), format!("tick {index}. ").into());
+        Event::render(envelope, index, "RunContent", &fields)
+    };
+    let started = Event::render(envelope, 0, "RunStarted", &serde_json::Map::new());
+    elsewhere
+        .transition(
+            &run.run_id,
+            &Transition::new(RunStatus::Pending, RunStatus::Running),
+            &[started],
+        )
+        .await
+        .unwrap();
+    let ticks = |range: std::ops::Range<u64>| range.map(tick).collect::<Vec<_>>();
+    let content =
+        |range: std::ops::Range<u64>| range.map(|i| format!("tick {i}. ")).collect::<String>();
+    elsewhere
+        .append_events(&run.run_id, &ticks(1..51))
+        .await
+        .unwrap();
+
+    let read_before = engine.metrics().events_read;
+    let polled = engine.get_run(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(polled.status, RunStatus::Running);
+    assert_eq!(polled.content.as_deref(), Some(content(1..51).as_str()));
+    let first_poll = engine.metrics().events_read - read_before;
+    assert_eq!(first_poll, 51, "the first poll reads the whole log");
+
+    elsewhere
+        .append_events(&run.run_id, &ticks(51..61))
+        .await
+        .unwrap();
+    let polled = engine.get_run(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(polled.content.as_deref(), Some(content(1..61).as_str()));
+    assert_eq!(
+        engine.metrics().events_read - read_before - first_poll,
+        10,
+        "the next poll reads only the 10 events stored since"
+    );
+    let polled = engine.get_run(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(polled.content.as_deref(), Some(content(1..61).as_str()));
+    assert_eq!(
+        engine.metrics().events_read - read_before,
+        61,
+        "nothing new"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
