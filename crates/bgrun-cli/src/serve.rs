@@ -86,6 +86,41 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(0..=3_600)
     )]
     shutdown_grace_secs: u64,
+    /// The largest body of a Durable Streams create or append, in bytes (413 beyond).
+    #[arg(
+        long,
+        env = "BGRUN_STREAM_BODY_LIMIT_BYTES",
+        default_value_t = 16 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..=1 << 30)
+    )]
+    stream_body_limit_bytes: u64,
+    /// Seconds a Durable Streams long-poll read waits at the tail before it answers 204 (and
+    /// between the control events of an SSE read at the tail).
+    #[arg(
+        long,
+        env = "BGRUN_STREAM_LONG_POLL_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    stream_long_poll_secs: u64,
+    /// Seconds a Durable Streams SSE read stays open before the server ends it (the client
+    /// reconnects from its offset).
+    #[arg(
+        long,
+        env = "BGRUN_STREAM_SSE_LIFETIME_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    stream_sse_lifetime_secs: u64,
+    /// Seconds between sweeps that delete expired Durable Streams (an expired stream is also
+    /// gone at its next access).
+    #[arg(
+        long,
+        env = "BGRUN_STREAM_SWEEP_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    stream_sweep_secs: u64,
 }
 
 /// Letters, digits and `_`, not starting with a digit, at most 48 bytes (PostgreSQL's limit
@@ -125,7 +160,19 @@ fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
         ..EngineConfig::default()
     };
     config.log.finished_ttl = Duration::from_secs(args.buffer_ttl_secs);
+    config.stream_sweep_every = Duration::from_secs(args.stream_sweep_secs);
     Ok(config)
+}
+
+/// The HTTP layer's settings from the server's.
+fn http_config(args: &ServeArgs, security_key: Option<String>) -> bgrun_http::HttpConfig {
+    bgrun_http::HttpConfig {
+        security_key,
+        stream_body_limit: usize::try_from(args.stream_body_limit_bytes).unwrap_or(usize::MAX),
+        stream_long_poll: Duration::from_secs(args.stream_long_poll_secs),
+        stream_sse_lifetime: Duration::from_secs(args.stream_sse_lifetime_secs),
+        ..bgrun_http::HttpConfig::default()
+    }
 }
 
 /// Where the runs are stored.
@@ -224,10 +271,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the engine on {}", args.database_url))?;
 
-    let http = bgrun_http::HttpConfig {
-        security_key,
-        ..bgrun_http::HttpConfig::default()
-    };
+    let http = http_config(&args, security_key);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = bgrun_http::serve(listener, engine.clone(), http, async move {
         let _ = stopped.await;
@@ -376,6 +420,50 @@ mod tests {
             &["--pg-schema", "9x"],
             &["--pg-schema", "a-b"],
             &["--pg-schema", ""],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durable_streams_settings() {
+        let args = parse(&[]).unwrap();
+        let http = http_config(&args, None);
+        let defaults = bgrun_http::HttpConfig::default();
+        assert_eq!(http.stream_body_limit, defaults.stream_body_limit);
+        assert_eq!(http.stream_long_poll, defaults.stream_long_poll);
+        assert_eq!(http.stream_sse_lifetime, defaults.stream_sse_lifetime);
+        let defaults = EngineConfig::default();
+        assert_eq!(
+            engine_config(&args).unwrap().stream_sweep_every,
+            defaults.stream_sweep_every
+        );
+
+        let args = parse(&[
+            "--stream-body-limit-bytes",
+            "1024",
+            "--stream-long-poll-secs",
+            "2",
+            "--stream-sse-lifetime-secs",
+            "30",
+            "--stream-sweep-secs",
+            "5",
+        ])
+        .unwrap();
+        let http = http_config(&args, None);
+        assert_eq!(http.stream_body_limit, 1024);
+        assert_eq!(http.stream_long_poll, Duration::from_secs(2));
+        assert_eq!(http.stream_sse_lifetime, Duration::from_secs(30));
+        assert_eq!(
+            engine_config(&args).unwrap().stream_sweep_every,
+            Duration::from_secs(5)
+        );
+        for bad in [
+            &["--stream-body-limit-bytes", "0"][..],
+            &["--stream-body-limit-bytes", "2147483648"],
+            &["--stream-long-poll-secs", "0"],
+            &["--stream-sse-lifetime-secs", "x"],
+            &["--stream-sweep-secs", "0"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

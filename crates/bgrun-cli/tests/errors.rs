@@ -205,6 +205,45 @@ async fn malformed_requests_get_json_4xx_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn the_durable_streams_body_limit_is_a_flag() {
+    let server = Server::start_with(Options {
+        args: vec!["--stream-body-limit-bytes".into(), "16".into()],
+        ..Options::default()
+    })
+    .await;
+    let stream = server.url("/v1/stream/limited");
+    let created = server
+        .http
+        .put(&stream)
+        .header("content-type", "text/plain")
+        .body("x".repeat(16))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    // The server may close the connection without reading the body: not back to the pool.
+    let refused = server
+        .http
+        .post(&stream)
+        .header("content-type", "text/plain")
+        .header("connection", "close")
+        .body("x".repeat(17))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let read = server
+        .http
+        .get(format!("{stream}?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.text().await.unwrap(), "x".repeat(16));
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
 async fn a_security_key_guards_every_route_but_health() {
     let key = "e2e-secret";
     let server = Server::start_with(Options {
