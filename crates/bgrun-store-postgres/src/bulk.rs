@@ -213,7 +213,6 @@ fn refused_by_server(error: &tokio_postgres::Error) -> bool {
 /// What the statements returned, keyed by run id.
 struct Returned {
     created: HashMap<String, Row>,
-    cancel_intents: HashSet<String>,
     leased: HashSet<String>,
     transitioned: HashMap<String, Row>,
     appended: HashSet<String>,
@@ -227,13 +226,15 @@ impl Returned {
         for queued in fast {
             let id = queued.command.run_id().as_str();
             let output = match &queued.command {
-                Command::Create { run, .. } => self.created.remove(id).map(|row| {
-                    from_row(&row).map(|record| {
-                        Output::Created(Box::new(CreateOutcome::Created {
-                            run: record,
-                            cancel_requested: self.cancel_intents.contains(run.run_id.as_str()),
-                        }))
-                    })
+                Command::Create { .. } => self.created.remove(id).map(|row| {
+                    let run = from_row(&row)?;
+                    let cancel_requested = row.try_get("cancel_requested").map_err(|error| {
+                        bgrun_core::StoreError::backend("decoding a created run", error)
+                    })?;
+                    Ok(Output::Created(Box::new(CreateOutcome::Created {
+                        run,
+                        cancel_requested,
+                    })))
                 }),
                 Command::AcquireLease { .. } => self
                     .leased
@@ -371,7 +372,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     let sql = &inner.bulk;
     let lock = client.prepare_cached(&sql.lock).await?;
     let create = client.prepare_cached(&sql.create).await?;
-    let intents = client.prepare_cached(&sql.intents).await?;
     let lease = client.prepare_cached(&sql.lease).await?;
     let release = client.prepare_cached(&sql.release).await?;
     let transition = client.prepare_cached(&sql.transition).await?;
@@ -425,7 +425,7 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     // `join!` polls in order, and a statement is queued on the connection when first polled:
     // they reach the server in this order, in one round trip. After a refused statement the
     // server ignores the rest of the transaction, and its `COMMIT` rolls back.
-    let (begun, locked, created, intents, leased, released, transitioned, appended, committed) = futures::join!(
+    let (begun, locked, created, leased, released, transitioned, appended, committed) = futures::join!(
         client.batch_execute("BEGIN"),
         async {
             if creates.run_ids.is_empty() {
@@ -438,12 +438,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
                 return None;
             }
             Some(client.query(&create, &create_params).await)
-        },
-        async {
-            if creates.run_ids.is_empty() {
-                return None;
-            }
-            Some(client.query(&intents, &[&creates.run_ids]).await)
         },
         async {
             if leases.run_ids.is_empty() {
@@ -483,7 +477,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
         begun.as_ref().err(),
         locked.as_ref().and_then(|result| result.as_ref().err()),
         created.as_ref().and_then(|result| result.as_ref().err()),
-        intents.as_ref().and_then(|result| result.as_ref().err()),
         leased.as_ref().and_then(|result| result.as_ref().err()),
         released.as_ref().and_then(|result| result.as_ref().err()),
         transitioned
@@ -528,7 +521,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     };
     Ok(Pipelined::Committed(Returned {
         created: by_id(created),
-        cancel_intents: ids(intents),
         leased: ids(leased),
         transitioned: by_id(transitioned),
         appended: ids(appended),
@@ -539,7 +531,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
 pub(crate) struct Sql {
     lock: String,
     create: String,
-    intents: String,
     lease: String,
     release: String,
     transition: String,
@@ -575,11 +566,9 @@ impl Sql {
                  AS n(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
                  params, metadata, created_at, token) \
                  ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
-                 RETURNING {RUN_COLUMNS}"
+                 RETURNING {RUN_COLUMNS}, EXISTS (SELECT 1 FROM {{s}}.cancel_intents AS c \
+                 WHERE c.run_id = runs.run_id) AS cancel_requested"
             )),
-            intents: in_schema(
-                "SELECT run_id FROM {s}.cancel_intents WHERE run_id = ANY($1::text[])",
-            ),
             lease: in_schema(
                 "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
                  SELECT t.run_id, t.owner, clock_timestamp() + make_interval(secs => t.secs) \
