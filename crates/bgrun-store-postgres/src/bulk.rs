@@ -3,10 +3,14 @@
 //!
 //! Executing a batch command by command costs a few round trips per command (savepoint, checks,
 //! write), so a writer's throughput fell with the number of writes a run makes. Here a batch of
-//! any size costs one round trip, as one autocommit `INSERT` does: the creates become one
-//! `INSERT .. SELECT FROM unnest(..)`, the lease grants one upsert, the releases one `DELETE`,
-//! the transitions and the appends each one compare-and-set `UPDATE` joined with the `INSERT` of
-//! their events (and, for a transition that ends a run, the `DELETE` of its lease).
+//! any size costs one round trip, as one autocommit `INSERT` does: the lease grants become one
+//! upsert, the releases one `DELETE`, the transitions and the appends each one compare-and-set
+//! `UPDATE` joined with the `INSERT` of their events (and, for a transition that ends a run, the
+//! `DELETE` of its lease).
+//!
+//! Creates (a writer of their own takes them, so a batch holding one holds only creates) need no
+//! transaction around them: their `INSERT .. SELECT FROM unnest(..)` commits on its own, and the
+//! read of their cancel intents follows it in the same round trip ([`creates`]).
 //!
 //! Only commands whose outcome the set statements can decide take this path ([`is_fast`]): first
 //! attempts without an idempotency key, one per run in the batch. A command the statements did
@@ -19,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bgrun_core::{CreateOutcome, LeaseGrant, RunId, RunStatus, TransitionOutcome};
+use bgrun_core::{CreateOutcome, LeaseGrant, NewRun, RunId, RunStatus, TransitionOutcome};
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -115,6 +119,25 @@ struct Creates<'a> {
     tokens: Vec<&'a str>,
 }
 
+impl<'a> Creates<'a> {
+    fn push(&mut self, run: &'a NewRun, token: &'a str) {
+        self.run_ids.push(run.run_id.as_str());
+        self.session_ids.push(run.session_id.as_str());
+        self.user_ids.push(run.user_id.as_deref());
+        self.kinds.push(run.target.kind.as_str());
+        self.component_ids.push(&run.target.component_id);
+        self.parent_run_ids
+            .push(run.parent_run_id.as_ref().map(RunId::as_str));
+        self.inputs.push(&run.input);
+        self.params
+            .push(serde_json::Value::Object(run.params.clone()).to_string());
+        self.metadata
+            .push(run.metadata.as_ref().map(serde_json::Value::to_string));
+        self.created_at.push(run.created_at);
+        self.tokens.push(token);
+    }
+}
+
 #[derive(Default)]
 struct Leases<'a> {
     run_ids: Vec<&'a str>,
@@ -183,7 +206,15 @@ pub(crate) async fn execute(
     client: &Object,
     fast: Vec<Queued>,
 ) -> Result<Executed, Refused> {
-    match statements(inner, client, &fast).await {
+    let pipelined = if fast
+        .iter()
+        .all(|queued| matches!(queued.command, Command::Create { .. }))
+    {
+        creates(inner, client, &fast).await
+    } else {
+        statements(inner, client, &fast).await
+    };
+    match pipelined {
         Pipelined::Committed(rows) => Ok(rows.sort(fast)),
         Pipelined::RolledBack(failure) => {
             tracing::debug!(error = ?failure, commands = fast.len(), "set-based batch failed; executing it command by command");
@@ -211,8 +242,12 @@ fn refused_by_server(error: &tokio_postgres::Error) -> bool {
 }
 
 /// What the statements returned, keyed by run id.
+#[derive(Default)]
 struct Returned {
-    created: HashMap<String, Row>,
+    /// The runs created (as asked: their record is the one [`NewRun::into_record`] makes).
+    created: HashSet<String>,
+    /// The created runs with a cancel intent.
+    cancelled: HashSet<String>,
     leased: HashSet<String>,
     transitioned: HashMap<String, Row>,
     appended: HashSet<String>,
@@ -226,14 +261,10 @@ impl Returned {
         for queued in fast {
             let id = queued.command.run_id().as_str();
             let output = match &queued.command {
-                Command::Create { .. } => self.created.remove(id).map(|row| {
-                    let run = from_row(&row)?;
-                    let cancel_requested = row.try_get("cancel_requested").map_err(|error| {
-                        bgrun_core::StoreError::backend("decoding a created run", error)
-                    })?;
+                Command::Create { run, .. } => self.created.contains(id).then(|| {
                     Ok(Output::Created(Box::new(CreateOutcome::Created {
-                        run,
-                        cancel_requested,
+                        run: NewRun::clone(run).into_record(),
+                        cancel_requested: self.cancelled.contains(id),
                     })))
                 }),
                 Command::AcquireLease { .. } => self
@@ -268,7 +299,6 @@ async fn statements(inner: &Inner, client: &Object, fast: &[Queued]) -> Pipeline
 
 /// [`statements`]; `Err` when nothing was sent.
 async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pipelined, Failure> {
-    let mut creates = Creates::default();
     let mut leases = Leases::default();
     let mut releases = Releases::default();
     let mut transitions = Transitions::default();
@@ -277,25 +307,8 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     let mut append_events = Events::default();
     for queued in fast {
         match &queued.command {
-            Command::Create { run, token, .. } => {
-                creates.run_ids.push(run.run_id.as_str());
-                creates.session_ids.push(run.session_id.as_str());
-                creates.user_ids.push(run.user_id.as_deref());
-                creates.kinds.push(run.target.kind.as_str());
-                creates.component_ids.push(&run.target.component_id);
-                creates
-                    .parent_run_ids
-                    .push(run.parent_run_id.as_ref().map(RunId::as_str));
-                creates.inputs.push(&run.input);
-                creates
-                    .params
-                    .push(serde_json::Value::Object(run.params.clone()).to_string());
-                creates
-                    .metadata
-                    .push(run.metadata.as_ref().map(serde_json::Value::to_string));
-                creates.created_at.push(run.created_at);
-                creates.tokens.push(token);
-            }
+            // Not batched with other writes (see [`creates`]): declined, if one ever is.
+            Command::Create { .. } => {}
             Command::AcquireLease {
                 run_id, owner, ttl, ..
             } => {
@@ -370,29 +383,12 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
 
     // Prepared once per connection (cached): afterwards every statement goes out at once.
     let sql = &inner.bulk;
-    let lock = client.prepare_cached(&sql.lock).await?;
-    let create = client.prepare_cached(&sql.create).await?;
     let lease = client.prepare_cached(&sql.lease).await?;
     let release = client.prepare_cached(&sql.release).await?;
     let transition = client.prepare_cached(&sql.transition).await?;
     let append = client.prepare_cached(&sql.append).await?;
 
-    let mut locked_ids = creates.run_ids.clone();
-    locked_ids.sort_unstable();
     let now = bgrun_core::now();
-    let create_params: [&(dyn ToSql + Sync); 11] = [
-        &creates.run_ids,
-        &creates.session_ids,
-        &creates.user_ids,
-        &creates.kinds,
-        &creates.component_ids,
-        &creates.parent_run_ids,
-        &creates.inputs,
-        &creates.params,
-        &creates.metadata,
-        &creates.created_at,
-        &creates.tokens,
-    ];
     let transition_params: [&(dyn ToSql + Sync); 16] = [
         &transitions.run_ids,
         &transitions.from,
@@ -425,20 +421,8 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     // `join!` polls in order, and a statement is queued on the connection when first polled:
     // they reach the server in this order, in one round trip. After a refused statement the
     // server ignores the rest of the transaction, and its `COMMIT` rolls back.
-    let (begun, locked, created, leased, released, transitioned, appended, committed) = futures::join!(
+    let (begun, leased, released, transitioned, appended, committed) = futures::join!(
         client.batch_execute("BEGIN"),
-        async {
-            if creates.run_ids.is_empty() {
-                return None;
-            }
-            Some(client.execute(&lock, &[&locked_ids]).await)
-        },
-        async {
-            if creates.run_ids.is_empty() {
-                return None;
-            }
-            Some(client.query(&create, &create_params).await)
-        },
         async {
             if leases.run_ids.is_empty() {
                 return None;
@@ -475,8 +459,6 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     );
     let errors = [
         begun.as_ref().err(),
-        locked.as_ref().and_then(|result| result.as_ref().err()),
-        created.as_ref().and_then(|result| result.as_ref().err()),
         leased.as_ref().and_then(|result| result.as_ref().err()),
         released.as_ref().and_then(|result| result.as_ref().err()),
         transitioned
@@ -520,17 +502,89 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
             .collect()
     };
     Ok(Pipelined::Committed(Returned {
-        created: by_id(created),
         leased: ids(leased),
         transitioned: by_id(transitioned),
         appended: ids(appended),
+        ..Returned::default()
+    }))
+}
+
+/// A batch of creates: their `INSERT`, then the read of their cancel intents, each committing
+/// on its own, pipelined in one round trip.
+///
+/// `request_cancel` records an intent and then notifies. The read starts after the `INSERT`
+/// committed, so an intent it does not see was committed after the run existed: its
+/// notification reaches the run's engine, as for a run that is executing. (A transaction and a
+/// lock around the two would cost two more statements of each create's round trip, and decide
+/// nothing more.)
+async fn creates(inner: &Inner, client: &Object, fast: &[Queued]) -> Pipelined {
+    match creates_pipeline(inner, client, fast).await {
+        Ok(pipelined) => pipelined,
+        Err(failure) => Pipelined::RolledBack(failure),
+    }
+}
+
+/// [`creates`]; `Err` when nothing was sent.
+async fn creates_pipeline(
+    inner: &Inner,
+    client: &Object,
+    fast: &[Queued],
+) -> Result<Pipelined, Failure> {
+    let mut creates = Creates::default();
+    for queued in fast {
+        if let Command::Create { run, token, .. } = &queued.command {
+            creates.push(run, token);
+        }
+    }
+    let insert = client.prepare_cached(&inner.bulk.create).await?;
+    let intents = client.prepare_cached(&inner.bulk.intents).await?;
+    let insert_params: [&(dyn ToSql + Sync); 11] = [
+        &creates.run_ids,
+        &creates.session_ids,
+        &creates.user_ids,
+        &creates.kinds,
+        &creates.component_ids,
+        &creates.parent_run_ids,
+        &creates.inputs,
+        &creates.params,
+        &creates.metadata,
+        &creates.created_at,
+        &creates.tokens,
+    ];
+    let intents_params: [&(dyn ToSql + Sync); 1] = [&creates.run_ids];
+    // Queued in this order when `join!` first polls them: one round trip.
+    let (inserted, intents) = futures::join!(
+        client.query(&insert, &insert_params),
+        client.query(&intents, &intents_params),
+    );
+    let inserted = match inserted {
+        Ok(rows) => rows,
+        // The statement failed as a whole: nothing was written.
+        Err(error) if refused_by_server(&error) => {
+            return Ok(Pipelined::RolledBack(Failure::Batch {
+                transient: crate::fault::is_transient_db(&error),
+                why: crate::fault::describe(&error),
+            }))
+        }
+        Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
+    };
+    // The runs are stored but whether they are cancelled is not known: a retry finds them by
+    // their write tokens and reads their intents again.
+    let intents = match intents {
+        Ok(rows) => rows,
+        Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
+    };
+    Ok(Pipelined::Committed(Returned {
+        created: inserted.iter().map(|row| row.get::<_, String>(0)).collect(),
+        cancelled: intents.iter().map(|row| row.get::<_, String>(0)).collect(),
+        ..Returned::default()
     }))
 }
 
 /// The statements, in the store's schema (made once, when the store opens).
 pub(crate) struct Sql {
-    lock: String,
     create: String,
+    intents: String,
     lease: String,
     release: String,
     transition: String,
@@ -549,13 +603,8 @@ impl Sql {
         let insert_events = "INSERT INTO {s}.events (run_id, event_index, event_type, json) \
              SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
         Self {
-            // Sorted ids: two batches never wait for each other's locks in a cycle.
-            lock: format!(
-                "SELECT pg_advisory_xact_lock({}, hashtext(id)) FROM unnest($1::text[]) AS id",
-                crate::cancel::RUN_LOCK_CLASS
-            ),
-            create: in_schema(&format!(
-                "INSERT INTO {{s}}.runs (run_id, session_id, user_id, kind, component_id, \
+            create: in_schema(
+                "INSERT INTO {s}.runs (run_id, session_id, user_id, kind, component_id, \
                  parent_run_id, status, input, params, metadata, created_at, updated_at, \
                  write_token) \
                  SELECT n.run_id, n.session_id, n.user_id, n.kind, n.component_id, \
@@ -566,9 +615,11 @@ impl Sql {
                  AS n(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
                  params, metadata, created_at, token) \
                  ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
-                 RETURNING {RUN_COLUMNS}, EXISTS (SELECT 1 FROM {{s}}.cancel_intents AS c \
-                 WHERE c.run_id = runs.run_id) AS cancel_requested"
-            )),
+                 RETURNING run_id",
+            ),
+            intents: in_schema(
+                "SELECT run_id FROM {s}.cancel_intents WHERE run_id = ANY($1::text[])",
+            ),
             lease: in_schema(
                 "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
                  SELECT t.run_id, t.owner, clock_timestamp() + make_interval(secs => t.secs) \

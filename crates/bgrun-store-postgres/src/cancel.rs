@@ -9,8 +9,10 @@ use crate::store::Inner;
 /// The first key of the per-run advisory lock (two-key form, apart from the migration lock).
 pub(crate) const RUN_LOCK_CLASS: i32 = 0x6267_7275; // "bgru"
 
-/// Serialises `create_run` and `request_cancel` of one run id until the transaction ends, so
-/// that either the create sees the intent, or the canceller's next read sees the run.
+/// Serialises the command-by-command `create_run` (which looks up idempotency keys and write
+/// tokens before it inserts) and `request_cancel` of one run id until the transaction ends, so
+/// that the create sees an intent recorded before it. (The set-based create needs no lock: see
+/// `bulk::creates`.)
 pub(crate) async fn lock(tx: &Transaction<'_>, run_id: &RunId) -> Result<(), Failure> {
     let statement = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")

@@ -254,15 +254,9 @@ impl Store for PostgresStore {
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
-        let token = runs::write_token();
-        let run_id = run.run_id.clone();
         self.inner
             .writers
-            .submit(&run_id, |reply| Command::Create {
-                run: Box::new(run),
-                token,
-                reply,
-            })
+            .create(&self.inner, Box::new(run), runs::write_token())
             .await
     }
 

@@ -5,7 +5,9 @@
 //! that starting a run never waits behind the batches of runs executing), the others to one of
 //! [`WRITERS`], chosen by the run id (so one run's writes are always executed in order by one
 //! writer, and two writers never wait for each other's row locks on one run; a run's first
-//! write after its create is only sent once the create is answered). A writer takes the first queued command and every
+//! write after its create is only sent once the create is answered). A create made while no
+//! other is open is executed in its caller's task instead, as the writer would have executed it
+//! alone ([`Writers::create`]). A writer takes the first queued command and every
 //! other one already queued (up to [`MAX_BATCH`]) and executes them on its pooled connection:
 //! first the common-case commands as a few set-based statements in one transaction
 //! ([`crate::bulk`]: one round trip whatever the batch's size), then the rest command by
@@ -21,6 +23,7 @@
 //! recognise an earlier attempt that did commit, as they do for the single-call retries.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -254,6 +257,25 @@ pub(crate) struct Queued {
 pub(crate) struct Writers {
     senders: Vec<mpsc::Sender<Queued>>,
     creates: mpsc::Sender<Queued>,
+    /// Creates submitted and not yet answered, wherever they execute.
+    open_creates: AtomicUsize,
+}
+
+/// A create counted in [`Writers::open_creates`] until dropped (answered, or its caller gone).
+struct OpenCreate<'a>(&'a AtomicUsize);
+
+impl<'a> OpenCreate<'a> {
+    /// Counts one more open create; also says whether it is the only one.
+    fn enter(open: &'a AtomicUsize) -> (Self, bool) {
+        let before = open.fetch_add(1, Ordering::AcqRel);
+        (Self(open), before == 0)
+    }
+}
+
+impl Drop for OpenCreate<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Writers {
@@ -268,11 +290,49 @@ impl Writers {
         Self {
             senders: (0..WRITERS).map(|_| writer()).collect(),
             creates: writer(),
+            open_creates: AtomicUsize::new(0),
         }
     }
 
+    /// Creates a run: in the caller's task when no other create is open (the creates
+    /// writer's batch would hold this one alone, and two hand-offs between tasks are spared),
+    /// else by the creates writer, batched with the others. What the caller's attempt leaves to
+    /// retry goes to the writer.
+    pub(crate) async fn create(
+        &self,
+        inner: &Inner,
+        run: Box<NewRun>,
+        token: String,
+    ) -> StoreResult<CreateOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            command: Command::Create { run, token, reply },
+            attempt: 0,
+        };
+        let (_open, alone) = OpenCreate::enter(&self.open_creates);
+        if alone {
+            // Dropping this future part-way is safe: statements already sent complete on the
+            // connection (which returns to the pool in order), and a transaction not committed
+            // is rolled back when dropped.
+            for queued in run_batch(inner, vec![queued]).await {
+                tokio::time::sleep(retry_delay(inner, queued.attempt)).await;
+                self.creates
+                    .send(queued)
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
+        } else {
+            self.creates
+                .send(queued)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Sends the command that `make` builds around its reply to the run's writer, and waits
-    /// for the reply (which comes once the command's batch committed).
+    /// for the reply (which comes once the command's batch committed). Creates go through
+    /// [`Writers::create`].
     pub(crate) async fn submit<T>(
         &self,
         run_id: &RunId,
@@ -283,13 +343,9 @@ impl Writers {
             command: make(reply),
             attempt: 0,
         };
-        let writer = if matches!(queued.command, Command::Create { .. }) {
-            &self.creates
-        } else {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            run_id.as_str().hash(&mut hasher);
-            &self.senders[(hasher.finish() % self.senders.len() as u64) as usize]
-        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        run_id.as_str().hash(&mut hasher);
+        let writer = &self.senders[(hasher.finish() % self.senders.len() as u64) as usize];
         writer.send(queued).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -318,17 +374,22 @@ async fn serve(inner: Weak<Inner>, mut receiver: mpsc::Receiver<Queued>) {
             return;
         };
         let again = run_batch(&inner, std::mem::take(&mut batch)).await;
-        if let Some(delay) = again.iter().map(|queued| queued.attempt).max() {
-            let delay = inner
-                .retry
-                .base_delay
-                .saturating_mul(1 << delay.saturating_sub(1).min(16))
-                .min(Duration::from_secs(1));
+        if let Some(attempt) = again.iter().map(|queued| queued.attempt).max() {
+            let delay = retry_delay(&inner, attempt);
             drop(inner);
             tokio::time::sleep(delay).await;
         }
         batch = again;
     }
+}
+
+/// How long to wait before the `attempt`th attempt of a write.
+fn retry_delay(inner: &Inner, attempt: u32) -> Duration {
+    inner
+        .retry
+        .base_delay
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(Duration::from_secs(1))
 }
 
 /// `queued` failed transiently: back in the queue as a retry, or answered if out of retries.
