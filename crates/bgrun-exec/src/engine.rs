@@ -1,6 +1,5 @@
 //! The engine: starts, reads, cancels and resumes runs over a store.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::active::ActiveRun;
+use crate::active_runs::ActiveRuns;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, EngineResult};
 use crate::registry::{Registered, Registry};
@@ -115,7 +115,7 @@ pub(crate) struct EngineInner {
     pub(crate) registry: Registry,
     pub(crate) log: EventLog<RunId>,
     pub(crate) slots: Arc<Semaphore>,
-    active: Mutex<HashMap<RunId, Arc<ActiveRun>>>,
+    active: Mutex<ActiveRuns>,
     pub(crate) tracker: TaskTracker,
     /// Fired at shutdown: no new runs, background loops stop.
     pub(crate) closing: CancellationToken,
@@ -132,20 +132,30 @@ pub(crate) struct EngineInner {
 }
 
 impl EngineInner {
-    fn active_map(&self) -> MutexGuard<'_, HashMap<RunId, Arc<ActiveRun>>> {
+    fn active_map(&self) -> MutexGuard<'_, ActiveRuns> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn active_runs_snapshot(&self) -> Vec<Arc<ActiveRun>> {
-        self.active_map().values().cloned().collect()
+        self.active_map().runs().cloned().collect()
     }
 
     pub(crate) fn active(&self, run_id: &RunId) -> Option<Arc<ActiveRun>> {
         self.active_map().get(run_id).cloned()
     }
 
+    /// Holds `run` here, cancelled if a cancel of it came first (see [`ActiveRuns`]).
     pub(crate) fn insert_active(&self, run: Arc<ActiveRun>) {
-        self.active_map().insert(run.run_id.clone(), run);
+        let cancelled_first = self.active_map().insert(run.clone());
+        if cancelled_first {
+            run.cancel.cancel();
+        }
+    }
+
+    /// Cancels the run if it is held here (and returns it), else keeps the cancel for the run's
+    /// launch here.
+    pub(crate) fn cancel_active(&self, run_id: &RunId) -> Option<Arc<ActiveRun>> {
+        self.active_map().cancel(run_id)
     }
 
     pub(crate) fn remove_active(&self, run_id: &RunId) {
@@ -227,7 +237,7 @@ impl Engine {
             registry,
             log: EventLog::new(config.log.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(ActiveRuns::default()),
             tracker: TaskTracker::new(),
             closing: CancellationToken::new(),
             interrupt: CancellationToken::new(),
@@ -348,21 +358,7 @@ impl Engine {
                 .store
                 .request_cancel(run_id, bgrun_core::now())
                 .await?;
-            let mut status = active.status.subscribe();
-            if !status.borrow().is_terminal() {
-                active.cancel.cancel();
-                let _ = tokio::time::timeout(
-                    inner.config.cancel_wait,
-                    status.wait_for(|status| status.is_terminal()),
-                )
-                .await;
-            }
-            let now = *status.borrow();
-            return Ok(CancelOutcome {
-                run_id: run_id.clone(),
-                status: now,
-                cancelled: !now.is_terminal() || now == RunStatus::Cancelled,
-            });
+            return Ok(self.stop_active(&active).await);
         }
         // Read before the intent is recorded: a run already terminal is left as it is, while one
         // that ends after this point ended because of this cancel.
@@ -378,6 +374,11 @@ impl Engine {
             .store
             .request_cancel(run_id, bgrun_core::now())
             .await?;
+        // A start racing this cancel may have read the run's cancel intents before this one was
+        // recorded, and launched the run here since the look above (or be about to).
+        if let Some(active) = inner.cancel_active(run_id) {
+            return Ok(self.stop_active(&active).await);
+        }
         let outcome = match before {
             None => CancelOutcome {
                 run_id: run_id.clone(),
@@ -399,6 +400,25 @@ impl Engine {
             }
         };
         Ok(outcome)
+    }
+
+    /// Cancels a run held here and waits a little for it to end.
+    async fn stop_active(&self, active: &ActiveRun) -> CancelOutcome {
+        let mut status = active.status.subscribe();
+        if !status.borrow().is_terminal() {
+            active.cancel.cancel();
+            let _ = tokio::time::timeout(
+                self.inner.config.cancel_wait,
+                status.wait_for(|status| status.is_terminal()),
+            )
+            .await;
+        }
+        let now = *status.borrow();
+        CancelOutcome {
+            run_id: active.run_id.clone(),
+            status: now,
+            cancelled: !now.is_terminal() || now == RunStatus::Cancelled,
+        }
     }
 
     /// The status of a run another engine executes once it is terminal, or as it is after

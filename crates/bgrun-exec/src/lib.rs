@@ -50,6 +50,7 @@
 #![deny(missing_docs)]
 
 mod active;
+mod active_runs;
 mod config;
 mod content;
 mod context;

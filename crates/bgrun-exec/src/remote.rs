@@ -89,9 +89,8 @@ pub(crate) fn spawn_listener(engine: &Engine) {
                     last_event_index,
                 } => inner.remote.durable(&run_id, last_event_index),
                 StoreNotification::Cancel { run_id } => {
-                    if let Some(active) = inner.active(&run_id) {
-                        active.cancel.cancel();
-                    }
+                    // Also kept for a run about to launch here (see `ActiveRuns`).
+                    inner.cancel_active(&run_id);
                 }
                 StoreNotification::Stream { id } => inner.streams.changed_elsewhere(id),
                 StoreNotification::Resync => {

@@ -200,6 +200,33 @@ async fn a_cancel_before_start_ends_the_later_run_without_running_it(backend: Ba
     assert!(f.gated.started().is_empty(), "the component never ran");
 }
 
+async fn a_cancel_racing_the_start_of_its_run_is_never_lost(backend: Backend) {
+    let f = fixture(backend).await;
+    let mut raced = Vec::new();
+    for attempt in 0..40 {
+        let run_id = RunId::parse(format!("raced-{attempt}")).unwrap();
+        let start = f
+            .engine
+            .start(StartRequest::agent("gated", "raced").run_id(run_id.clone()));
+        let (started, cancelled) = tokio::join!(start, f.engine.cancel(&run_id));
+        assert!(started.unwrap().created);
+        raced.push((run_id, cancelled.unwrap()));
+    }
+    // Whatever got past the cancel may finish now: a cancel answered as done must have stopped
+    // its run anyway.
+    f.gated.gate.add_permits(raced.len());
+    for (run_id, cancel) in &raced {
+        let run = f.engine.wait(run_id).await.unwrap();
+        if cancel.cancelled {
+            assert_eq!(
+                run.status,
+                RunStatus::Cancelled,
+                "{run_id}: the cancel answered {cancel:?}"
+            );
+        }
+    }
+}
+
 async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend: Backend) {
     // One slot: each run starts only once the one before ended, so the order is observable.
     let f = fixture_with(backend, |config| EngineConfig {
@@ -473,6 +500,7 @@ crate::on_every_store!(
     a_live_resume_catches_up_then_follows,
     cancelling_a_running_run_keeps_its_partial_content,
     a_cancel_before_start_ends_the_later_run_without_running_it,
+    a_cancel_racing_the_start_of_its_run_is_never_lost,
     queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled,
     failures_and_panics_end_the_run_error_and_disturb_nothing_else,
     bad_requests_are_typed_errors,
