@@ -201,6 +201,67 @@ async fn malformed_requests_get_json_4xx_and_the_server_keeps_serving() {
         .unwrap();
     assert_error(response, 422, "an unknown status").await;
 
+    // Text no store could keep as sent (PostgreSQL's text holds no NUL), and an overlong
+    // idempotency key: 422 on every store.
+    let background = |body: serde_json::Value| {
+        let mut body = body;
+        body["stream"] = json!(false);
+        body["background"] = json!(true);
+        body
+    };
+    for (body, what) in [
+        (json!({"message": "a\u{0}b"}), "a NUL in the message"),
+        (
+            json!({"message": "hi", "user_id": "a\u{0}b"}),
+            "a NUL in user_id",
+        ),
+    ] {
+        let response = http
+            .post(&start)
+            .json(&background(body))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 422, what).await;
+    }
+    let response = http
+        .post(&start)
+        .form(&[
+            ("message", "a\0b"),
+            ("background", "true"),
+            ("stream", "false"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "a NUL in a form's message").await;
+    let response = http
+        .post(&start)
+        .header("Idempotency-Key", "k".repeat(1025))
+        .json(&background(json!({"message": "hi"})))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "an Idempotency-Key over 1024 bytes").await;
+    // Any UTF-8 string is a key.
+    let mut run_ids = Vec::new();
+    for _ in 0..2 {
+        let response = http
+            .post(&start)
+            .header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes("clé ✓".as_bytes()).unwrap(),
+            )
+            .json(&background(json!({"message": "hi"})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: serde_json::Value = response.json().await.unwrap();
+        run_ids.push(body["run_id"].clone());
+    }
+    assert_eq!(run_ids[0], run_ids[1], "the key names its first run");
+
     assert_still_serving(&server).await;
 }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bgrun_buffer::EventLog;
 use bgrun_core::{
-    validate_params, CreateOutcome, NewRun, RunFilter, RunId, RunKind, RunPage, RunRecord,
-    RunStatus, RunTarget, SessionId, Store, StoreResult,
+    validate_params, CreateOutcome, InvalidInput, NewRun, RunFilter, RunId, RunKind, RunPage,
+    RunRecord, RunStatus, RunTarget, SessionId, Store, StoreResult,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -87,6 +87,51 @@ impl StartRequest {
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
+    }
+}
+
+/// The longest idempotency key a start takes (a store indexes keys; PostgreSQL's B-tree
+/// entries hold about 2.7 KB).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+
+/// Refuses text a store could not keep as sent: PostgreSQL's `text` holds no NUL character.
+fn check_text(what: &str, text: &str) -> Result<(), InvalidInput> {
+    if text.contains('\0') {
+        return Err(InvalidInput::new(format!(
+            "{what} must not contain a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the run and, if it is new, launches it.
+async fn create_and_launch(
+    inner: Arc<EngineInner>,
+    new_run: NewRun,
+    component: Registered,
+    parent: Option<Arc<ActiveRun>>,
+) -> EngineResult<Started> {
+    match inner.store.create_run(new_run).await? {
+        CreateOutcome::Existing(run) => Ok(Started {
+            run,
+            created: false,
+        }),
+        CreateOutcome::Created {
+            run,
+            cancel_requested,
+        } => {
+            runner::launch(
+                &inner,
+                Launch {
+                    record: run.clone(),
+                    component,
+                    cancel_requested,
+                    parent,
+                },
+            )
+            .await?;
+            Ok(Started { run, created: true })
+        }
     }
 }
 
@@ -283,6 +328,19 @@ impl Engine {
         }
         let component = self.inner.component(&request.target)?.clone();
         let params = validate_params(&component.info.params, &request.params)?;
+        check_text("the message", &request.input)?;
+        if let Some(user_id) = &request.user_id {
+            check_text("user_id", user_id)?;
+        }
+        if let Some(key) = &request.idempotency_key {
+            check_text("the idempotency key", key)?;
+            if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err(InvalidInput::new(format!(
+                    "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+                ))
+                .into());
+            }
+        }
         let new_run = NewRun {
             run_id: request.run_id.unwrap_or_else(RunId::generate),
             session_id: request.session_id.unwrap_or_else(SessionId::generate),
@@ -295,28 +353,17 @@ impl Engine {
             idempotency_key: request.idempotency_key,
             created_at: bgrun_core::now(),
         };
-        match self.inner.store.create_run(new_run).await? {
-            CreateOutcome::Existing(run) => Ok(Started {
-                run,
-                created: false,
-            }),
-            CreateOutcome::Created {
-                run,
-                cancel_requested,
-            } => {
-                runner::launch(
-                    &self.inner,
-                    Launch {
-                        record: run.clone(),
-                        component,
-                        cancel_requested,
-                        parent,
-                    },
-                )
-                .await?;
-                Ok(Started { run, created: true })
-            }
-        }
+        // The create and the launch go on in a task of their own: a caller that goes away
+        // between the two (an HTTP client hanging up) must not leave a stored run that nothing
+        // launches, PENDING for good.
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .tracker
+            .spawn(create_and_launch(inner, new_run, component, parent))
+            .await
+            .map_err(|error| {
+                EngineError::Store(bgrun_core::StoreError::backend("starting a run", error))
+            })?
     }
 
     /// The run, with its content so far while it executes here.

@@ -69,7 +69,7 @@ pub mod workflow;
 
 pub use config::EngineConfig;
 pub use context::{ChildRun, EmitError, RunContext};
-pub use engine::{CancelOutcome, Engine, StartRequest, Started};
+pub use engine::{CancelOutcome, Engine, StartRequest, Started, MAX_IDEMPOTENCY_KEY_BYTES};
 pub use error::{EngineError, EngineResult};
 pub use metrics::EngineMetrics;
 pub use registry::Registry;

@@ -227,6 +227,66 @@ async fn a_cancel_racing_the_start_of_its_run_is_never_lost(backend: Backend) {
     }
 }
 
+async fn text_a_store_cannot_keep_is_refused_before_anything_is_stored(backend: Backend) {
+    let f = fixture(backend).await;
+    let nul_message = f
+        .engine
+        .start(StartRequest::agent("echo", "a\0b").run_id(RunId::parse("nul-message").unwrap()));
+    let mut nul_owner = StartRequest::agent("echo", "hi").run_id(RunId::parse("nul-user").unwrap());
+    nul_owner.user_id = Some("a\0b".into());
+    let longest = "é".repeat(bgrun_exec::MAX_IDEMPOTENCY_KEY_BYTES / 2);
+    let too_long = StartRequest::agent("echo", "hi")
+        .run_id(RunId::parse("long-key").unwrap())
+        .idempotency_key(format!("{longest}x"));
+    for (outcome, what) in [
+        (nul_message.await, "a NUL in the message"),
+        (f.engine.start(nul_owner).await, "a NUL in user_id"),
+        (f.engine.start(too_long).await, "a key over the limit"),
+    ] {
+        assert!(
+            matches!(outcome, Err(EngineError::InvalidInput(_))),
+            "{what}: {outcome:?}"
+        );
+    }
+    for run_id in ["nul-message", "nul-user", "long-key"] {
+        let run_id = RunId::parse(run_id).unwrap();
+        assert_eq!(f.engine.get_run(&run_id).await.unwrap(), None, "{run_id}");
+    }
+    // The longest key there may be is stored and recognised, on every store.
+    let first = f
+        .engine
+        .start(StartRequest::agent("echo", "hi").idempotency_key(longest.clone()))
+        .await
+        .unwrap();
+    let again = f
+        .engine
+        .start(StartRequest::agent("echo", "hi").idempotency_key(longest))
+        .await
+        .unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(again.run.run_id, first.run.run_id);
+}
+
+async fn a_start_whose_caller_goes_away_still_runs_its_run(backend: Backend) {
+    let f = fixture(backend).await;
+    let run_id = RunId::parse("caller-gone").unwrap();
+    let mut start = Box::pin(
+        f.engine
+            .start(StartRequest::agent("echo", "hi there").run_id(run_id.clone())),
+    );
+    // Polled once (the create is under way), then dropped: a client hanging up.
+    assert!(futures::poll!(start.as_mut()).is_pending());
+    drop(start);
+    // Shutting down waits for what the engine has under way, the start included.
+    f.engine.shutdown(Duration::from_secs(30)).await;
+    let run = f.engine.store().get_run(&run_id).await.unwrap();
+    assert_eq!(
+        run.map(|run| run.status),
+        Some(RunStatus::Completed),
+        "created, launched and run to its end"
+    );
+}
+
 async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend: Backend) {
     // One slot: each run starts only once the one before ended, so the order is observable.
     let f = fixture_with(backend, |config| EngineConfig {
@@ -501,6 +561,8 @@ crate::on_every_store!(
     cancelling_a_running_run_keeps_its_partial_content,
     a_cancel_before_start_ends_the_later_run_without_running_it,
     a_cancel_racing_the_start_of_its_run_is_never_lost,
+    text_a_store_cannot_keep_is_refused_before_anything_is_stored,
+    a_start_whose_caller_goes_away_still_runs_its_run,
     queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled,
     failures_and_panics_end_the_run_error_and_disturb_nothing_else,
     bad_requests_are_typed_errors,

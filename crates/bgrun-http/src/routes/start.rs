@@ -31,9 +31,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get(IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(value) => {
-            let key = value
-                .to_str()
-                .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?;
+            // Any string: a header value's bytes, read as UTF-8.
+            let key = std::str::from_utf8(value.as_bytes())
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be UTF-8 text"))?;
             Ok((!key.is_empty()).then(|| key.to_owned()))
         }
     }
