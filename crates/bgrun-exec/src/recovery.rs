@@ -3,8 +3,10 @@
 //! tasks: eviction, the sweep of expired durable streams, lease renewal, and the search for
 //! lapsed leases.
 
+use std::sync::Arc;
+
 use bgrun_core::{
-    LeaseGrant, Outcome, RunFilter, RunRecord, RunStatus, Transition, TransitionOutcome,
+    LeaseGrant, Outcome, RunFilter, RunId, RunRecord, RunStatus, Transition, TransitionOutcome,
 };
 use serde_json::{Map, Value};
 
@@ -117,18 +119,49 @@ pub(crate) async fn recover_orphans(engine: &Engine) -> EngineResult<usize> {
 }
 
 /// Takes one orphaned run: leases it, then runs it again or ends it "interrupted". False when
-/// another engine got it first.
-async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
+/// another engine got it first (or it ended meanwhile).
+async fn recover_run(engine: &Engine, listed: RunRecord) -> EngineResult<bool> {
     let inner = &engine.inner;
     let owner = &inner.config.owner;
-    if !inner.config.exclusive_store
+    let leased = !inner.config.exclusive_store;
+    if leased
         && inner
             .store
-            .acquire_lease(&run.run_id, owner, inner.config.lease_ttl)
+            .acquire_lease(&listed.run_id, owner, inner.config.lease_ttl)
             .await?
             != LeaseGrant::Granted
     {
         return Ok(false);
+    }
+    let recovered = recover_leased(engine, &listed.run_id).await;
+    // A run launched again keeps the lease (its runner renews it, and releases it at the end);
+    // whatever else happened, the lease goes, or it would be renewed for good and the run
+    // never be seen orphaned again.
+    if leased && !matches!(recovered, Ok(Recovered::Launched)) {
+        if let Err(error) = inner.store.release_lease(&listed.run_id, owner).await {
+            tracing::warn!(run_id = %listed.run_id, %error, "cannot release a recovery lease; it lapses");
+        }
+    }
+    Ok(!matches!(recovered?, Recovered::Left))
+}
+
+/// What recovery did with a run it holds the lease of.
+enum Recovered {
+    Launched,
+    Ended,
+    /// Ended or gone by the time the lease was taken, or ended by someone else meanwhile.
+    Left,
+}
+
+/// [`recover_run`] once the lease is held: reads the run afresh (its previous engine may have
+/// written until its lease was taken, or ended it).
+async fn recover_leased(engine: &Engine, run_id: &RunId) -> EngineResult<Recovered> {
+    let inner = &engine.inner;
+    let Some(run) = inner.store.get_run(run_id).await? else {
+        return Ok(Recovered::Left);
+    };
+    if !matches!(run.status, RunStatus::Running | RunStatus::Paused) {
+        return Ok(Recovered::Left);
     }
     let component = inner.component(&run.target).ok().cloned();
     if let Some(component) = component.filter(|component| component.info.retryable) {
@@ -143,7 +176,7 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
             },
         )
         .await?;
-        return Ok(true);
+        return Ok(Recovered::Launched);
     }
     let content = crate::content::stored_content(engine, &run).await?;
     let mut fields = Map::new();
@@ -162,13 +195,11 @@ async fn recover_run(engine: &Engine, run: RunRecord) -> EngineResult<bool> {
     let outcome = inner
         .transition(&run.run_id, &transition, std::slice::from_ref(&terminal))
         .await?;
-    if !inner.config.exclusive_store {
-        let _ = inner.store.release_lease(&run.run_id, owner).await;
-    }
     if let TransitionOutcome::Applied(_) = outcome {
         tracing::info!(run_id = %run.run_id, "interrupted run ended ERROR");
+        return Ok(Recovered::Ended);
     }
-    Ok(outcome.applied())
+    Ok(Recovered::Left)
 }
 
 /// Spawns eviction, the expired-stream sweep, lease renewal and orphan recovery; all stop at
@@ -194,17 +225,13 @@ pub(crate) fn spawn_background(engine: &Engine) {
         // Nobody else executes runs on this store: no leases to renew, no orphans to find.
         return;
     }
-    let engine = engine.clone();
+    // Renewals have a task of their own: the checks below can take long (many runs, a
+    // backlog of orphans), and a lease must not lapse behind them.
+    let renewing = Arc::clone(&engine.inner);
     inner.tracker.spawn(async move {
-        let inner = &engine.inner;
-        let mut ticker = tokio::time::interval(inner.config.lease_renew_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = inner.closing.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        let inner = &renewing;
+        let mut ticks = Ticks::new(inner.config.lease_renew_every).await;
+        while ticks.next(&inner.closing).await {
             if let Err(error) = inner
                 .store
                 .renew_leases(&inner.config.owner, inner.config.lease_ttl)
@@ -212,6 +239,13 @@ pub(crate) fn spawn_background(engine: &Engine) {
             {
                 tracing::warn!(%error, "cannot renew leases");
             }
+        }
+    });
+    let engine = engine.clone();
+    inner.tracker.spawn(async move {
+        let inner = &engine.inner;
+        let mut ticks = Ticks::new(inner.config.lease_renew_every).await;
+        while ticks.next(&inner.closing).await {
             crate::remote::check_cancel_intents(&engine).await;
             if let Err(error) = recover_orphans(&engine).await {
                 tracing::warn!(%error, "cannot recover orphaned runs");
@@ -221,4 +255,25 @@ pub(crate) fn spawn_background(engine: &Engine) {
             }
         }
     });
+}
+
+/// A background loop's period: the first tick is one period after the start, and a late tick
+/// is delayed rather than followed by a burst.
+struct Ticks(tokio::time::Interval);
+
+impl Ticks {
+    async fn new(period: std::time::Duration) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        Self(interval)
+    }
+
+    /// Waits for the next tick; false once the engine closes.
+    async fn next(&mut self, closing: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = closing.cancelled() => false,
+            _ = self.0.tick() => true,
+        }
+    }
 }

@@ -412,6 +412,9 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
             .inner
             .log
             .subscribe(&state.run_id, state.next.checked_sub(1))
+            // A closed log (kept a while after its run went on elsewhere) holds nothing the
+            // store lacks: taking it again and again would read the store in a busy loop.
+            .filter(|subscription| !subscription.is_closed())
         {
             state.subscription = Some(subscription);
             continue;

@@ -274,14 +274,21 @@ pub(crate) async fn transition_in(
         crate::lease::check_fence(inner, tx, run_id, fence),
         tx.query_opt(&cas, &params)
     );
-    fenced?;
     let updated = updated?;
     let Some(row) = updated else {
         let current = inner.sql(&format!(
             "SELECT {RUN_COLUMNS}, write_token FROM {{s}}.runs WHERE run_id = $1"
         ));
-        return lost(tx, &current, run_id, token, attempt.is_retry()).await;
+        // A retry finds its earlier attempt (whose COMMIT went unheard) by its token before the
+        // fence: that attempt may have dropped the lease with it, as a run's last write does.
+        let outcome = lost(tx, &current, run_id, token, attempt.is_retry()).await?;
+        if let TransitionOutcome::Applied(_) = outcome {
+            return Ok(outcome);
+        }
+        fenced?;
+        return Ok(outcome);
     };
+    fenced?;
     let mut record = from_row(&row)?;
     if let Some(first) = events.first() {
         let next = record.next_event_index();
