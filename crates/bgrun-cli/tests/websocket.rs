@@ -164,6 +164,45 @@ async fn cancel_over_the_socket() {
 }
 
 #[tokio::test]
+async fn a_ping_and_a_cancel_are_answered_while_a_fast_run_streams() {
+    let server = Server::start().await;
+    let mut socket = connect(&server, None).await;
+    recv(&mut socket).await; // connected
+                             // No delay: the server always has frames of this run to send.
+    send(
+        &mut socket,
+        json!({"action": "start-agent", "agent_id": "ticker", "message": "go",
+               "count": 10_000_000}),
+    )
+    .await;
+    let started = recv(&mut socket).await;
+    assert_eq!(started["event"], "RunStarted", "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    send(&mut socket, json!({"action": "ping"})).await;
+    send(&mut socket, json!({"action": "cancel", "run_id": run_id})).await;
+    let (mut pong, mut answer, mut cancelled) = (false, None, false);
+    while !pong || answer.is_none() || !cancelled {
+        let frame = recv(&mut socket).await;
+        match frame["event"].as_str().unwrap() {
+            "pong" => pong = true,
+            "cancel" => answer = Some(frame),
+            "RunCancelled" => cancelled = true,
+            "RunContent" => {}
+            other => panic!("unexpected {other}: {frame}"),
+        }
+    }
+    let answer = answer.unwrap();
+    assert_eq!(answer["cancelled"], true, "{answer}");
+    let run = server
+        .get_json(&format!("/agents/ticker/runs/{run_id}"))
+        .await;
+    assert_eq!(
+        run["status"], "CANCELLED",
+        "not left to stream its 10,000,000 ticks"
+    );
+}
+
+#[tokio::test]
 async fn malformed_frames_get_an_error_and_the_socket_stays_open() {
     let server = Server::start().await;
     let mut socket = connect(&server, None).await;

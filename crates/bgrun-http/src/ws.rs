@@ -105,11 +105,8 @@ impl Session {
                     let _ = socket.send(Message::Close(None)).await;
                     break;
                 }
-                Some(frame) = pending.recv() => {
-                    if socket.send(Message::Text(frame.into())).await.is_err() {
-                        break;
-                    }
-                }
+                // The client's frames first: a run streaming fast keeps `pending` full, and a
+                // cancel or ping behind it must not wait for the stream to drain.
                 message = socket.recv() => {
                     let reply = match message {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -121,6 +118,11 @@ impl Session {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             break;
                         }
+                    }
+                }
+                Some(frame) = pending.recv() => {
+                    if socket.send(Message::Text(frame.into())).await.is_err() {
+                        break;
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
