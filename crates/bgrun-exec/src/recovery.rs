@@ -222,7 +222,19 @@ pub(crate) fn spawn_background(engine: &Engine) {
         ));
     }
     if inner.config.exclusive_store {
-        // Nobody else executes runs on this store: no leases to renew, no orphans to find.
+        // Nobody else executes runs on this store: no leases to renew. A run is orphaned only
+        // when this engine gave up storing its end (the store failing for a while): found and
+        // ended here, not at the next open only.
+        let engine = engine.clone();
+        inner.tracker.spawn(async move {
+            let inner = &engine.inner;
+            let mut ticks = Ticks::new(inner.config.lease_renew_every).await;
+            while ticks.next(&inner.closing).await {
+                if let Err(error) = recover_orphans(&engine).await {
+                    tracing::warn!(%error, "cannot recover runs left running");
+                }
+            }
+        });
         return;
     }
     // Renewals have a task of their own: the checks below can take long (many runs, a

@@ -287,6 +287,35 @@ async fn a_start_whose_caller_goes_away_still_runs_its_run(backend: Backend) {
     );
 }
 
+async fn a_run_left_running_while_the_engine_lives_is_ended(backend: Backend) {
+    let f = fixture_with(backend, |config| EngineConfig {
+        lease_ttl: Duration::from_millis(300),
+        lease_renew_every: Duration::from_millis(100),
+        ..config
+    })
+    .await;
+    // RUNNING in the store, held by no engine: what an engine leaves when it cannot store a
+    // run's end (or, on PostgreSQL, a replica that died holding a lease now lapsed).
+    let store = f.engine.store();
+    let new = NewRun::new(RunTarget::new(RunKind::Agent, "echo"), "left");
+    let run = store.create_run(new).await.unwrap().run().clone();
+    let running = store
+        .transition(
+            &run.run_id,
+            &Transition::new(RunStatus::Pending, RunStatus::Running),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(running.applied());
+    let ended = tokio::time::timeout(Duration::from_secs(60), f.engine.wait(&run.run_id))
+        .await
+        .expect("the run is still RUNNING a minute later")
+        .unwrap();
+    assert_eq!(ended.status, RunStatus::Error);
+    assert_eq!(ended.error.as_deref(), Some("interrupted"));
+}
+
 async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend: Backend) {
     // One slot: each run starts only once the one before ended, so the order is observable.
     let f = fixture_with(backend, |config| EngineConfig {
@@ -563,6 +592,7 @@ crate::on_every_store!(
     a_cancel_racing_the_start_of_its_run_is_never_lost,
     text_a_store_cannot_keep_is_refused_before_anything_is_stored,
     a_start_whose_caller_goes_away_still_runs_its_run,
+    a_run_left_running_while_the_engine_lives_is_ended,
     queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled,
     failures_and_panics_end_the_run_error_and_disturb_nothing_else,
     bad_requests_are_typed_errors,
