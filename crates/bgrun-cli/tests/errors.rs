@@ -262,6 +262,30 @@ async fn malformed_requests_get_json_4xx_and_the_server_keeps_serving() {
     }
     assert_eq!(run_ids[0], run_ids[1], "the key names its first run");
 
+    // An id no run can have (over 256 bytes) is an unknown run, not a bad request.
+    let no_run = "a".repeat(300);
+    let response = http
+        .post(server.url(&format!("/agents/echo/runs/{no_run}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"run_id": no_run, "status": "CANCELLED", "cancelled": true})
+    );
+    let response = http
+        .get(server.url(&format!("/agents/echo/runs/{no_run}/resume")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.unwrap();
+    let expected =
+        json!({"event": "error", "run_id": no_run, "error": format!("run {no_run} not found")});
+    assert_eq!(body, format!("event: error\ndata: {expected}\n\n"));
+
     assert_still_serving(&server).await;
 }
 

@@ -231,16 +231,31 @@ impl SseStream {
             let chunk = state.next_chunk().await?;
             Some((Ok::<Bytes, std::convert::Infallible>(chunk), state))
         });
-        let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response
+        event_stream(Body::from_stream(body))
     }
+}
+
+/// The 200 answer of a resume of `run_id`, which no run can have (it is no valid run id): the
+/// `error` meta frame of an unknown run, and the end.
+pub(crate) fn unknown_run(run_id: &str) -> Response {
+    let data =
+        json!({"event": "error", "run_id": run_id, "error": format!("run {run_id} not found")});
+    let mut out = Vec::new();
+    push_named(&mut out, "error", &data.to_string());
+    event_stream(Body::from(out))
+}
+
+/// A 200 answer with `body` as an event stream.
+fn event_stream(body: Body) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 #[cfg(test)]

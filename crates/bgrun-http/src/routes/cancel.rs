@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use bgrun_core::{RunId, RunTarget};
+use bgrun_core::{RunId, RunStatus, RunTarget};
 use bgrun_exec::CancelOutcome;
 use serde_json::{json, Value};
 
@@ -13,13 +13,16 @@ use crate::forms::{read_fields, EmptyBody};
 use crate::state::AppState;
 
 /// Cancels `run_id` unless it is a run of another component (404). An unknown id records the
-/// intent (cancel before start).
+/// intent (cancel before start); an id no run can have (no valid run id) is answered as an
+/// unknown one, with nothing to record.
 pub(crate) async fn cancel_run(
     state: &AppState,
     target: &RunTarget,
     run_id: &str,
-) -> ApiResult<CancelOutcome> {
-    let run_id = RunId::parse(run_id)?;
+) -> ApiResult<Value> {
+    let Ok(run_id) = RunId::parse(run_id) else {
+        return Ok(json!({"run_id": run_id, "status": RunStatus::Cancelled, "cancelled": true}));
+    };
     if let Some(run) = state
         .engine
         .store()
@@ -31,11 +34,11 @@ pub(crate) async fn cancel_run(
             return Err(ApiError::not_found(format!("run {run_id} not found")));
         }
     }
-    Ok(state.engine.cancel(&run_id).await?)
+    Ok(outcome_json(&state.engine.cancel(&run_id).await?))
 }
 
 /// The JSON of a cancel's answer.
-pub(crate) fn outcome_json(outcome: &CancelOutcome) -> Value {
+fn outcome_json(outcome: &CancelOutcome) -> Value {
     json!({"run_id": outcome.run_id, "status": outcome.status, "cancelled": outcome.cancelled})
 }
 
@@ -48,6 +51,5 @@ pub(crate) async fn handler(
 ) -> ApiResult<Json<Value>> {
     let target = state.target(&kind, &id)?;
     read_fields(&headers, body, state.config.body_limit, EmptyBody::Allowed).await?;
-    let outcome = cancel_run(&state, &target, &run_id).await?;
-    Ok(Json(outcome_json(&outcome)))
+    Ok(Json(cancel_run(&state, &target, &run_id).await?))
 }

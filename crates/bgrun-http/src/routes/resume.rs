@@ -68,7 +68,9 @@ async fn answer(
     let index = last_event_index(&mut fields, headers)?;
     fields.string("session_id")?;
     let target = state.target(kind, id)?;
-    let run_id = RunId::parse(run_id)?;
+    let Ok(run_id) = RunId::parse(run_id) else {
+        return Ok(crate::sse::unknown_run(run_id));
+    };
     let (meta, events) = open(&state, &target, &run_id, index).await?;
     HttpMetrics::count(&state.metrics.streams);
     Ok(SseStream {
