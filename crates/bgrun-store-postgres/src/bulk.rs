@@ -21,6 +21,7 @@
 //! statement refused, the `COMMIT` may have been executed: the commands are retried as after a
 //! `COMMIT` of unknown outcome.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use bgrun_core::{CreateOutcome, LeaseGrant, NewRun, RunId, RunStatus, TransitionOutcome};
@@ -29,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::fault::Failure;
-use crate::record::{from_row, RUN_COLUMNS};
+use crate::record::{from_row, storable, RUN_COLUMNS};
 use crate::store::Inner;
 use crate::writer::{Command, Output, Queued};
 
@@ -156,8 +157,8 @@ struct Transitions<'a> {
     run_ids: Vec<&'a str>,
     from: Vec<&'a str>,
     to: Vec<&'a str>,
-    content: Vec<Option<&'a str>>,
-    error: Vec<Option<&'a str>>,
+    content: Vec<Option<Cow<'a, str>>>,
+    error: Vec<Option<Cow<'a, str>>>,
     stage: Vec<Option<&'a str>>,
     at: Vec<i64>,
     tokens: Vec<&'a str>,
@@ -341,8 +342,12 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
                 transitions.run_ids.push(run_id.as_str());
                 transitions.from.push(transition.from.as_str());
                 transitions.to.push(transition.to.as_str());
-                transitions.content.push(transition.content.as_deref());
-                transitions.error.push(transition.error.as_deref());
+                transitions
+                    .content
+                    .push(transition.content.as_deref().map(storable));
+                transitions
+                    .error
+                    .push(transition.error.as_deref().map(storable));
                 transitions
                     .stage
                     .push(transition.cancellation_stage.map(|stage| stage.as_str()));

@@ -12,6 +12,17 @@ pub(crate) const RUN_COLUMNS: &str = "run_id, session_id, user_id, kind, compone
     parent_run_id, status, input, params, content, error, cancellation_stage, metadata, \
     created_at, updated_at, last_event_index";
 
+/// `text` as a `text` column can hold it: PostgreSQL's holds no NUL character, which becomes
+/// U+FFFD. For what components produce (a run's content, its error): refusing it would leave
+/// the run unable to end. (What clients send is checked before it gets here.)
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Decodes a row holding [`RUN_COLUMNS`].
 pub(crate) fn from_row(row: &Row) -> Result<RunRecord, StoreError> {
     decode(row).map_err(|error| StoreError::backend("decoding a stored run", error))

@@ -13,7 +13,7 @@ use crate::cancel;
 use crate::cursor::Cursor;
 use crate::events;
 use crate::fault::{Attempt, Failure};
-use crate::record::{from_row, RUN_COLUMNS};
+use crate::record::{from_row, storable, RUN_COLUMNS};
 use crate::store::Inner;
 
 /// A token naming one call of a write, stored with the row it writes, so that a retry after
@@ -260,12 +260,14 @@ pub(crate) async fn transition_in(
         transition.from.as_str(),
         transition.to.as_str(),
     );
+    let content = transition.content.as_deref().map(storable);
+    let error = transition.error.as_deref().map(storable);
     let params: [&(dyn ToSql + Sync); 8] = [
         &id,
         &from,
         &to,
-        &transition.content,
-        &transition.error,
+        &content,
+        &error,
         &stage,
         &transition.at,
         &token,

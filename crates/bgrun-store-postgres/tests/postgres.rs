@@ -329,6 +329,36 @@ async fn reads_and_cancels_retry_over_killed_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_content_holds_a_nul_still_ends() {
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    // A component's output may hold a NUL, which PostgreSQL's text cannot: the run must still
+    // end (it becomes U+FFFD in the runs row; the events keep it, escaped in their JSON).
+    for (to, content, error) in [
+        (RunStatus::Completed, Some("a\0b"), None),
+        (RunStatus::Error, None, Some("bad\0 output")),
+    ] {
+        let run = running_run(&store).await;
+        let end = Transition {
+            content: content.map(str::to_owned),
+            error: error.map(str::to_owned),
+            ..Transition::new(RunStatus::Running, to)
+        };
+        let outcome = store.transition(&run.run_id, &end, &[]).await.unwrap();
+        assert!(outcome.applied(), "{outcome:?}");
+        let stored = store.get_run(&run.run_id).await.unwrap().unwrap();
+        assert_eq!(stored.status, to);
+        assert_eq!(
+            (stored.content.as_deref(), stored.error.as_deref()),
+            (
+                content.map(|_| "a\u{FFFD}b"),
+                error.map(|_| "bad\u{FFFD} output")
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_idempotency_key_is_freed_for_a_new_run() {
     let schema = TestSchema::new();
     let store = schema.store().await.unwrap();
