@@ -54,8 +54,12 @@ impl ActiveRun {
         }
     }
 
+    /// Holds `child` until it ends; the children that ended are let go here, so a parent that
+    /// starts many holds only the ones still running (each holds its log).
     pub(crate) fn add_child(&self, child: Arc<ActiveRun>) {
-        lock(&self.children).push(child);
+        let mut children = lock(&self.children);
+        children.retain(|child| !child.ended.is_cancelled());
+        children.push(child);
     }
 
     /// Cancels every child still running and waits until each has ended.
@@ -132,5 +136,42 @@ impl ActiveRun {
 
     pub(crate) fn store_failure(&self) -> Option<String> {
         lock(&self.store_failure).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use bgrun_buffer::{EventLog, LogConfig};
+
+    use super::*;
+
+    fn run(log: &EventLog<RunId>, id: &str) -> Arc<ActiveRun> {
+        let run_id = RunId::parse(id).unwrap();
+        Arc::new(ActiveRun::new(
+            run_id.clone(),
+            SessionId::generate(),
+            RunKind::Team,
+            log.open(run_id, 0).unwrap(),
+            CancellationToken::new(),
+        ))
+    }
+
+    #[test]
+    fn a_parent_holds_only_its_children_still_running() {
+        let log = EventLog::new(LogConfig::default());
+        let parent = run(&log, "parent");
+        let ended: Vec<_> = (0..100).map(|n| run(&log, &format!("done-{n}"))).collect();
+        for child in &ended {
+            parent.add_child(child.clone());
+            child.ended.cancel();
+        }
+        let running = run(&log, "running");
+        parent.add_child(running.clone());
+        let held: Vec<RunId> = lock(&parent.children)
+            .iter()
+            .map(|child| child.run_id.clone())
+            .collect();
+        assert_eq!(held, std::slice::from_ref(&running.run_id));
     }
 }
