@@ -15,6 +15,7 @@ use bgrun_core::{
     async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
     Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome, MAX_PAGE_SIZE,
 };
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reader::{self, Readers};
@@ -119,7 +120,16 @@ impl Drop for SqliteStore {
         // means the lock is free when `drop` returns, so the file can be reopened at once.
         self.commands = None;
         if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
+            let join = move || writer.join();
+            let joined = match tokio::runtime::Handle::try_current() {
+                // Dropped on a runtime's worker: the wait for the queue to drain must not hold up
+                // the tasks queued on that worker.
+                Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(join)
+                }
+                _ => join(),
+            };
+            if joined.is_err() {
                 tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
             }
         }
