@@ -139,34 +139,40 @@ impl ActiveRun {
     }
 }
 
+/// A run held by no engine, with its log in `log`: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_run(log: &bgrun_buffer::EventLog<RunId>, id: &str) -> Arc<ActiveRun> {
+    #[allow(clippy::unwrap_used)]
+    let run_id = RunId::parse(id).unwrap();
+    #[allow(clippy::unwrap_used)]
+    let writer = log.open(run_id.clone(), 0).unwrap();
+    Arc::new(ActiveRun::new(
+        run_id,
+        SessionId::generate(),
+        RunKind::Agent,
+        writer,
+        CancellationToken::new(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use bgrun_buffer::{EventLog, LogConfig};
 
     use super::*;
 
-    fn run(log: &EventLog<RunId>, id: &str) -> Arc<ActiveRun> {
-        let run_id = RunId::parse(id).unwrap();
-        Arc::new(ActiveRun::new(
-            run_id.clone(),
-            SessionId::generate(),
-            RunKind::Team,
-            log.open(run_id, 0).unwrap(),
-            CancellationToken::new(),
-        ))
-    }
-
     #[test]
     fn a_parent_holds_only_its_children_still_running() {
         let log = EventLog::new(LogConfig::default());
-        let parent = run(&log, "parent");
-        let ended: Vec<_> = (0..100).map(|n| run(&log, &format!("done-{n}"))).collect();
+        let parent = test_run(&log, "parent");
+        let ended: Vec<_> = (0..100)
+            .map(|n| test_run(&log, &format!("done-{n}")))
+            .collect();
         for child in &ended {
             parent.add_child(child.clone());
             child.ended.cancel();
         }
-        let running = run(&log, "running");
+        let running = test_run(&log, "running");
         parent.add_child(running.clone());
         let held: Vec<RunId> = lock(&parent.children)
             .iter()

@@ -76,21 +76,9 @@ impl ActiveRuns {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use bgrun_buffer::{EventLog, LogConfig};
-    use bgrun_core::{RunKind, SessionId};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-
-    fn run(log: &EventLog<RunId>, id: &str) -> Arc<ActiveRun> {
-        let run_id = RunId::parse(id).unwrap();
-        Arc::new(ActiveRun::new(
-            run_id.clone(),
-            SessionId::generate(),
-            RunKind::Agent,
-            log.open(run_id, 0).unwrap(),
-            CancellationToken::new(),
-        ))
-    }
+    use crate::active::test_run as run;
 
     fn id(id: &str) -> RunId {
         RunId::parse(id).unwrap()
