@@ -7,7 +7,8 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request};
-use common::{fixture, header, offset, Answer, Fixture};
+use bgrun_http::HttpConfig;
+use common::{fixture, fixture_with, header, offset, Answer, Fixture};
 use serde_json::{json, Value};
 
 const OFFSET: &str = "stream-next-offset";
@@ -364,6 +365,103 @@ async fn a_character_split_where_a_read_chunk_ends_goes_out_whole() {
 }
 
 #[tokio::test]
+async fn a_character_split_between_appends_at_a_read_chunks_end_does_not_stall_the_catch_up() {
+    // The SSE connection ends after 10 s; a catch-up that waited for an append instead of
+    // reading what is stored would not deliver the last appends within that time.
+    let f = fixture_with(HttpConfig {
+        stream_sse_lifetime: std::time::Duration::from_secs(10),
+        stream_long_poll: std::time::Duration::from_secs(60),
+        ..HttpConfig::default()
+    })
+    .await;
+    put(&f, "split-text", "text/plain", "").await;
+    let send = |body: Vec<u8>| {
+        Request::post("/v1/stream/split-text")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // The second append takes the first read chunk (1 MiB) past its end and stops inside "é";
+    // the third completes it. The stream stays open.
+    assert_eq!(f.send(send(vec![b'a'; 600 << 10])).await.status, 204);
+    let mut second = vec![b'b'; 500 << 10];
+    second.push(0xC3);
+    assert_eq!(f.send(send(second)).await.status, 204);
+    assert_eq!(f.send(send(vec![0xA9, b'!'])).await.status, 204);
+    let sse = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        f.get("/v1/stream/split-text?offset=-1&live=sse"),
+    )
+    .await
+    .expect("the SSE connection ended at its lifetime");
+    let data: String = sse
+        .text()
+        .split("\n\n")
+        .filter(|event| event.starts_with("event: data"))
+        .flat_map(|event| event.lines().skip(1))
+        .map(|line| line.strip_prefix("data:").unwrap())
+        .collect();
+    assert_eq!(data.len(), (600 << 10) + (500 << 10) + "é!".len());
+    assert!(data.ends_with("bé!"));
+}
+
+#[tokio::test]
+async fn a_stream_deleted_under_a_catching_up_sse_reader_ends_its_read() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let f = fixture_with(HttpConfig {
+        stream_sse_lifetime: std::time::Duration::from_secs(30),
+        ..HttpConfig::default()
+    })
+    .await;
+    put(&f, "doomed", "application/octet-stream", "").await;
+    // Three read chunks (1 MiB each) of backlog: the reader is not at the tail after the first.
+    for _ in 0..3 {
+        let append = Request::post("/v1/stream/doomed")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(vec![7u8; 1 << 20]))
+            .unwrap();
+        assert_eq!(f.send(append).await.status, 204);
+    }
+    let response = f
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/v1/stream/doomed?offset=-1&live=sse")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first
+        .data_ref()
+        .is_some_and(|data| data.starts_with(b"event: data")));
+    let deleted = f
+        .send(
+            Request::delete("/v1/stream/doomed")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    // What follows the delete: at most what was read before it, then the end, well before the
+    // connection's lifetime (a reader looping on empty reads sent a control event per read).
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(20), body.collect())
+        .await
+        .expect("the read went on after its stream was deleted")
+        .unwrap()
+        .to_bytes();
+    let controls = rest
+        .split(|&byte| byte == b'\n')
+        .filter(|line| line.starts_with(b"event: control"))
+        .count();
+    assert!(controls <= 3, "{controls} control events after the delete");
+}
+
+#[tokio::test]
 async fn control_characters_in_paths_and_encoded_fork_sources() {
     let f = fixture().await;
     put(&f, "a%00b", "text/plain", "").await.assert_error(400);
@@ -378,6 +476,16 @@ async fn control_characters_in_paths_and_encoded_fork_sources() {
         .await;
     assert_eq!(fork.status, 201, "{}", fork.text());
     assert_eq!(f.get("/v1/stream/fork-of-cafe").await.text(), "x");
+    // The prefix is a path segment: `/v1/streamcafé` names no stream under it.
+    let not_a_source = f
+        .send(
+            Request::put("/v1/stream/fork-of-nothing")
+                .header("stream-forked-from", "/v1/streamcaf%C3%A9")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_ne!(not_a_source.status, 201, "{}", not_a_source.text());
     let orphan_offset = f
         .send(
             Request::put("/v1/stream/not-a-fork")

@@ -412,23 +412,31 @@ impl Streams {
         } else {
             vec![request.body]
         };
-        let outcome = self
-            .store
-            .append_stream(
-                path,
-                StreamAppend {
-                    messages,
-                    content_type: request.content_type,
-                    producer: request.producer,
-                    stream_seq: request.stream_seq,
-                    close: request.close,
-                    now: now_millis(),
-                },
-            )
-            .await?;
-        if matches!(outcome, AppendOutcome::Appended { .. }) {
-            self.hub.notify(path);
-        }
+        let append = StreamAppend {
+            messages,
+            content_type: request.content_type,
+            producer: request.producer,
+            stream_seq: request.stream_seq,
+            close: request.close,
+            now: now_millis(),
+        };
+        // In a task of its own: the store write goes on if this future is dropped (a producer
+        // hanging up), and the readers waiting at the tail must be woken once it commits.
+        let (store, hub, path) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.hub),
+            path.to_owned(),
+        );
+        let appended = tokio::spawn(async move {
+            let outcome = store.append_stream(&path, append).await?;
+            if matches!(outcome, AppendOutcome::Appended { .. }) {
+                hub.notify(&path);
+            }
+            Ok::<_, StoreError>(outcome)
+        });
+        let outcome = appended
+            .await
+            .map_err(|error| StoreError::backend("appending to a stream", error))??;
         Ok(outcome)
     }
 

@@ -49,6 +49,19 @@ async fn texts(streams: &Streams, path: &str, after: u64, max_bytes: usize) -> V
         .collect()
 }
 
+/// A task waiting (30 s at most) for `path` to hold a message.
+fn wait_at_the_start(
+    streams: &Streams,
+    path: &'static str,
+) -> tokio::task::JoinHandle<Result<bgrun_exec::streams::Waited, StreamError>> {
+    let streams = streams.clone();
+    tokio::spawn(async move {
+        streams
+            .wait(path, StreamOffset::ZERO, Duration::from_secs(30))
+            .await
+    })
+}
+
 /// Waits until `count` readers wait at a tail on `engine` (the wait is observable; no sleep).
 async fn readers_waiting(engine: &Engine, count: usize) {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -163,14 +176,7 @@ async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backe
     let f = fixture(backend).await;
     let streams = f.engine.streams().clone();
     streams.create(text_stream("tail", b"")).await.unwrap();
-    let waiter = {
-        let streams = streams.clone();
-        tokio::spawn(async move {
-            streams
-                .wait("tail", StreamOffset::ZERO, Duration::from_secs(30))
-                .await
-        })
-    };
+    let waiter = wait_at_the_start(&streams, "tail");
     readers_waiting(&f.engine, 1).await;
     let appended = streams.append("tail", text_append(b"x")).await.unwrap();
     assert_eq!(
@@ -182,6 +188,24 @@ async fn a_reader_waiting_at_the_tail_is_woken_by_the_next_append(backend: Backe
     );
     let waited = waiter.await.unwrap().unwrap();
     assert!(!waited.timed_out);
+    assert_eq!(waited.info.tail, StreamOffset::new(1));
+}
+
+async fn an_append_whose_caller_goes_away_still_wakes_the_readers(backend: Backend) {
+    let f = fixture(backend).await;
+    let streams = f.engine.streams().clone();
+    streams
+        .create(text_stream("gone-producer", b""))
+        .await
+        .unwrap();
+    let waiter = wait_at_the_start(&streams, "gone-producer");
+    readers_waiting(&f.engine, 1).await;
+    // Polled once (the write is under way, or done), then dropped: a producer hanging up.
+    let mut append = Box::pin(streams.append("gone-producer", text_append(b"x")));
+    let _ = futures::poll!(append.as_mut());
+    drop(append);
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(!waited.timed_out, "woken by the append, not by the timeout");
     assert_eq!(waited.info.tail, StreamOffset::new(1));
 }
 
@@ -262,14 +286,7 @@ async fn expired_streams_are_swept_without_being_touched(backend: Backend) {
         .create(text("swept/waited", at(), b""))
         .await
         .unwrap();
-    let waiter = {
-        let streams = streams.clone();
-        tokio::spawn(async move {
-            streams
-                .wait("swept/waited", StreamOffset::ZERO, Duration::from_secs(30))
-                .await
-        })
-    };
+    let waiter = wait_at_the_start(&streams, "swept/waited");
     readers_waiting(&f.engine, 1).await;
 
     // From here on nobody reads, appends to or creates these streams: only the sweep can
@@ -377,6 +394,7 @@ crate::on_every_store!(
     fork_chains_are_bounded,
     json_values_are_kept_as_sent_and_forks_read_through_their_source,
     a_reader_waiting_at_the_tail_is_woken_by_the_next_append,
+    an_append_whose_caller_goes_away_still_wakes_the_readers,
     many_readers_woken_by_one_append_each_get_it,
     expired_streams_are_swept_without_being_touched,
 );

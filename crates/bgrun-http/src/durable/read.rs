@@ -456,9 +456,19 @@ async fn sse_step(
         }
     }
     let mut messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
-    let mut held = false;
+    if messages.is_empty() && after < info.tail {
+        // Nothing where `info` says messages are: the stream was deleted (or replaced) since.
+        // Its state now decides; an error ends the stream rather than loop on an empty read.
+        let now = streams.get(path).await?;
+        if now.id != info.id {
+            return Err(StreamError::NotFound);
+        }
+        info = now;
+        messages = streams.read(&info, after, READ_CHUNK_BYTES).await?;
+    }
+    let mut must_wait = false;
     if matches!(encoding, Encoding::Text) {
-        held = keep_whole_characters(streams, &info, &mut messages).await?;
+        must_wait = keep_whole_characters(streams, &info, &mut messages).await?;
     }
     if !messages.is_empty() {
         push_data(&mut out, encoding, &messages);
@@ -473,7 +483,7 @@ async fn sse_step(
     push_control(&mut out, next, false, at_tail, Some(&cursor));
     let wait_past = if at_tail {
         Some(next)
-    } else if held {
+    } else if must_wait {
         Some(info.tail)
     } else {
         None
@@ -487,8 +497,9 @@ type SseState = (StreamInfo, StreamOffset, Option<StreamOffset>);
 
 /// Drops from `messages` the last ones that end inside a character (a character split across
 /// appends goes out whole, with the append that ends it), first reading on past the chunk when
-/// not one of them ends on a boundary; whether any were held back for a later step. At the end
-/// of a closed stream nothing can complete them: they go out as they are.
+/// not one of them ends on a boundary; whether the reader must wait for an append before what
+/// was held back can go out (nothing stored completes it yet). At the end of a closed stream
+/// nothing can complete them: they go out as they are.
 async fn keep_whole_characters(
     streams: &Streams,
     info: &StreamInfo,
@@ -509,7 +520,9 @@ async fn keep_whole_characters(
         }
         if whole > 0 || last >= info.tail {
             messages.truncate(whole);
-            return Ok(true);
+            // What completes the held-back character may be stored already (this chunk ended
+            // mid-character, before the tail): then the next step reads on at once.
+            return Ok(last >= info.tail);
         }
         let more = streams.read(info, last, READ_ON_BYTES).await?;
         if more.is_empty() {

@@ -36,8 +36,10 @@ pub(super) async fn create(
             let decoded = percent_encoding::percent_decode_str(raw)
                 .decode_utf8()
                 .map_err(|_| bad_request("invalid Stream-Forked-From: not UTF-8"))?;
+            // `/v1/stream/a` names `a`; `/v1/streamer/a` names no stream under the prefix.
             let source = decoded
                 .strip_prefix(PREFIX)
+                .and_then(|rest| rest.strip_prefix('/'))
                 .map_or(&*decoded, |rest| rest.trim_start_matches('/'))
                 .to_owned();
             check_path(&source)?;
