@@ -573,11 +573,17 @@ async fn creates_pipeline(
         }
         Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
     };
-    // The runs are stored but whether they are cancelled is not known: a retry finds them by
-    // their write tokens and reads their intents again.
+    // The runs are stored but whether they are cancelled is not known: whatever the error, a
+    // retry (which finds them by their write tokens and reads their intents again) is due, not
+    // an error answered for runs that exist and will be executed.
     let intents = match intents {
         Ok(rows) => rows,
-        Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
+        Err(error) => {
+            return Ok(Pipelined::Unknown(Failure::Batch {
+                transient: true,
+                why: crate::fault::describe(&error),
+            }))
+        }
     };
     Ok(Pipelined::Committed(Returned {
         created: inserted.iter().map(|row| row.get::<_, String>(0)).collect(),
@@ -603,8 +609,9 @@ impl Sql {
         let terminal = terminal_statuses();
         // The run ids whose lease `t.fence` holds, share-locked until the commit (as
         // `lease::check_fence` does for one write).
+        // Locked in run id order, as every writer and the renewal lock leases: no cycle.
         let fenced = "fenced AS (SELECT l.run_id FROM {s}.leases l JOIN t \
-             ON l.run_id = t.run_id AND l.owner = t.fence FOR SHARE OF l)";
+             ON l.run_id = t.run_id AND l.owner = t.fence ORDER BY l.run_id FOR SHARE OF l)";
         let insert_events = "INSERT INTO {s}.events (run_id, event_index, event_type, json) \
              SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
         Self {

@@ -78,6 +78,18 @@ impl PostgresConfig {
             .parse()
             .map_err(|error| StoreError::backend("parsing the PostgreSQL URL", error))?;
         pg.connect_timeout(self.connect_timeout);
+        // The listening connection only ever receives: without keepalives a peer or middlebox
+        // that drops it silently (a NAT, a load balancer) would go unnoticed for the system's
+        // default two hours, with no reconnect and no re-sync. Settings in the URL win.
+        if pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+            pg.keepalives_idle(KEEPALIVES_IDLE);
+        }
+        if pg.get_keepalives_interval().is_none() {
+            pg.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if pg.get_keepalives_retries().is_none() {
+            pg.keepalives_retries(KEEPALIVES_RETRIES);
+        }
         match &self.application_name {
             Some(name) => {
                 pg.application_name(name);
@@ -90,6 +102,14 @@ impl PostgresConfig {
         Ok(pg)
     }
 }
+
+/// tokio-postgres's idle time before the first keepalive probe, when the URL sets none.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Idle time before the first keepalive probe: with the interval and retries below, a silently
+/// dropped connection is found within about a minute.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
 
 fn validate_schema(schema: &str) -> Result<(), StoreError> {
     let mut chars = schema.chars();
@@ -145,5 +165,28 @@ mod tests {
             config.pg_config().unwrap().get_application_name(),
             Some("y")
         );
+    }
+
+    #[test]
+    fn connections_probe_an_idle_peer_within_a_minute_unless_the_url_says_otherwise() {
+        let pg = PostgresConfig::new("postgres://u@h/db")
+            .pg_config()
+            .unwrap();
+        assert!(pg.get_keepalives());
+        let found_dead_after = pg.get_keepalives_idle()
+            + pg.get_keepalives_interval().unwrap() * pg.get_keepalives_retries().unwrap();
+        assert!(
+            found_dead_after <= Duration::from_secs(60),
+            "{found_dead_after:?}"
+        );
+
+        let pg = PostgresConfig::new(
+            "postgres://u@h/db?keepalives_idle=5&keepalives_interval=2&keepalives_retries=9",
+        )
+        .pg_config()
+        .unwrap();
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(2)));
+        assert_eq!(pg.get_keepalives_retries(), Some(9));
     }
 }

@@ -116,8 +116,9 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Connection lost, server shutting down or refusing connections, or a serialization
-/// failure / deadlock (the transaction was rolled back).
+/// Connection lost, server shutting down or refusing connections (also for now: too many of
+/// them, as after a failover), or a serialization failure / deadlock (the transaction was
+/// rolled back).
 pub(crate) fn is_transient_db(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
@@ -128,6 +129,7 @@ pub(crate) fn is_transient_db(error: &tokio_postgres::Error) -> bool {
                 SqlState::ADMIN_SHUTDOWN,
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
                 SqlState::T_R_SERIALIZATION_FAILURE,
                 SqlState::T_R_DEADLOCK_DETECTED,
             ]

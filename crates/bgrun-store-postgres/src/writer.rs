@@ -413,7 +413,11 @@ fn retry_or_fail(inner: &Inner, mut queued: Queued, failure: Failure, again: &mu
 ///
 /// Its common-case commands first, as set-based statements ([`bulk`]); what those did not
 /// settle then command by command.
-async fn run_batch(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+async fn run_batch(inner: &Inner, mut batch: Vec<Queued>) -> Vec<Queued> {
+    // In run id order (a stable sort keeps one run's commands in theirs): every statement then
+    // locks rows in that order, as the lease renewal does, so no two transactions wait for each
+    // other in a cycle.
+    batch.sort_by(|a, b| a.command.run_id().as_str().cmp(b.command.run_id().as_str()));
     let (fast, mut slow) = bulk::split(batch);
     let mut again = Vec::new();
     if !fast.is_empty() {
