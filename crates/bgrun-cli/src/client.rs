@@ -9,6 +9,8 @@ use serde_json::Value;
 use crate::sse;
 use crate::target::Target;
 
+/// How long a read from the server may wait for a byte.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the server is and how to authenticate; shared by every client command.
 #[derive(clap::Args)]
 pub struct Remote {
@@ -59,6 +61,9 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // An event stream sends a keepalive every 15 s: a minute of silence is a connection
+            // that died without a word (a NAT's, a sleeping laptop's), to drop and reconnect.
+            .read_timeout(READ_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
         Ok(Self {

@@ -315,9 +315,22 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                 return Ok(end.report(&args.run_id));
             }
             Ok(None) => {
-                // The run is terminal and nothing is left after `last`: ask how it ended.
-                render.finish();
+                // The run is terminal and the replay ended: ask how it ended, and whether the
+                // replay was whole (a server stopping ends it early).
                 let run = client.get_run(&args.target, &args.run_id).await?;
+                let stored_last = run["last_event_index"].as_u64();
+                if stored_last.is_some() && stored_last > last {
+                    failures += 1;
+                    if failures > RETRY_TRIES {
+                        render.finish();
+                        anyhow::bail!("the replay kept ending before its last event; gave up after {RETRY_TRIES} tries");
+                    }
+                    render.note("reconnecting: the replay ended before its last event");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MOST);
+                    continue;
+                }
+                render.finish();
                 if render.quiet_content {
                     if let Some(content) = run["content"].as_str() {
                         println!("{content}");
@@ -404,11 +417,15 @@ async fn follow_once(
             let meta: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
             match frame.event.as_deref() {
                 Some("error") => {
-                    return Err(Follow::Fatal(anyhow::anyhow!(
-                        "run {}: {}",
-                        args.run_id,
-                        text(&meta["error"])
-                    )))
+                    let error = anyhow::anyhow!("run {}: {}", args.run_id, text(&meta["error"]));
+                    // A run that does not exist stays so; a store that could not be read (a
+                    // database failing over) is worth another try.
+                    let missing = text(&meta["error"]) == format!("run {} not found", args.run_id);
+                    return Err(if missing {
+                        Follow::Fatal(error)
+                    } else {
+                        Follow::Transient { error, progressed }
+                    });
                 }
                 Some("replay") => replaying = true,
                 _ => {}

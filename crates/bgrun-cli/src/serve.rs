@@ -34,7 +34,7 @@ pub struct ServeArgs {
         long,
         env = "BGRUN_DATABASE_URL",
         default_value = "sqlite://bgrun.db",
-        value_parser = DatabaseUrl::parse,
+        value_parser = DatabaseUrlParser,
         hide_env_values = true
     )]
     database_url: DatabaseUrl,
@@ -230,6 +230,32 @@ impl DatabaseUrl {
     }
 }
 
+/// [`DatabaseUrl::parse`] for clap, whose own message for a bad value would quote the value,
+/// password included.
+#[derive(Clone)]
+struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let invalid = |message: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --database-url (BGRUN_DATABASE_URL): {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| invalid("not UTF-8"))?;
+        DatabaseUrl::parse(text).map_err(|message| invalid(&message))
+    }
+}
+
 /// Checks HOST:PORT (a numeric port, a host); the host is resolved when binding.
 fn parse_bind(bind: &str) -> Result<String, String> {
     let usage =
@@ -391,6 +417,17 @@ mod tests {
         use clap::Parser;
         Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
             .map(|serve| serve.args)
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_its_password() {
+        let error = parse(&["--database-url", "postgress://bgrun:secret@db/bgrun"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("--database-url"), "{error}");
+        assert!(error.contains("\"postgress\""), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 
     #[test]
