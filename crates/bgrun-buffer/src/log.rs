@@ -102,18 +102,24 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> EventLog<K> {
     /// is not in memory.
     pub fn subscribe(&self, key: &K, after: Option<u64>) -> Option<Subscription> {
         let slot = self.streams().get(key)?.clone();
-        Some(Subscription::new(slot, after.map_or(0, |index| index + 1)))
+        // No index follows `u64::MAX`: such a subscriber waits at a position nothing reaches.
+        Some(Subscription::new(
+            slot,
+            after.map_or(0, |index| index.saturating_add(1)),
+        ))
     }
 
     /// Takes a stream out of memory at once (its store is the truth now). Subscribers holding it
-    /// finish with what it had.
+    /// get what is not in the store yet; for the rest they are sent to the store
+    /// ([`Batch::Evicted`](crate::Batch::Evicted)).
     pub fn remove(&self, key: &K) -> bool {
         let Some(slot) = self.streams().remove(key) else {
             return false;
         };
         let mut state = slot.lock();
         state.closed = true;
-        let (held, durable) = (state.held_bytes, state.durable);
+        let held = let_go(&mut state);
+        let durable = state.durable;
         drop(state);
         self.release(held);
         slot.durable_tx.send_replace(durable);
@@ -149,10 +155,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> EventLog<K> {
         let mut finished: Vec<(Instant, K)> = Vec::new();
         let mut removed = 0;
         streams.retain(|key, slot| {
-            let state = slot.lock();
+            let mut state = slot.lock();
             match state.finished_at {
                 Some(at) if now.saturating_duration_since(at) >= ttl => {
-                    self.release(state.held_bytes);
+                    self.release(let_go(&mut state));
                     removed += 1;
                     false
                 }
@@ -169,7 +175,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> EventLog<K> {
                 break;
             }
             if let Some(slot) = streams.remove(&key) {
-                self.release(slot.lock().held_bytes);
+                self.release(let_go(&mut slot.lock()));
                 removed += 1;
             }
         }
@@ -199,6 +205,14 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> EventLog<K> {
     fn over_total(&self) -> bool {
         self.held_bytes() > self.shared.config.max_total_bytes
     }
+}
+
+/// Lets go of a stream leaving memory: drops its durable events (a subscriber still holding the
+/// stream, one that stopped reading say, would otherwise keep them alive, uncounted) and returns
+/// the bytes it held.
+fn let_go(state: &mut crate::stream::StreamState) -> usize {
+    let freed = state.trim(0, 0);
+    freed + std::mem::take(&mut state.held_bytes)
 }
 
 /// The single writer of one stream: appends, hands batches to the store, marks them durable.

@@ -168,6 +168,43 @@ async fn finished_streams_leave_after_the_ttl() {
     assert_eq!(log.held_bytes(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_stopped_reading_does_not_keep_an_evicted_stream_in_memory() {
+    let config = LogConfig {
+        finished_ttl: Duration::from_secs(60),
+        ..LogConfig::default()
+    };
+    let log = EventLog::new(config);
+    let done = log.open("done", 0).unwrap();
+    for _ in 0..3 {
+        done.push(event).unwrap();
+    }
+    done.take(3);
+    done.mark_durable(3).unwrap();
+    done.close();
+    let mut stalled = log.subscribe(&"done", None).unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(log.evict(Instant::now()), 1);
+    assert_eq!(log.held_bytes(), 0);
+    // Its events are gone from memory too: the subscriber is sent to the store for them.
+    assert_eq!(
+        stalled.next_batch(10).await,
+        Batch::Evicted { from: 0, to: 3 }
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_after_the_last_possible_index_sees_nothing_rather_than_wrapping() {
+    let log = EventLog::new(LogConfig::default());
+    let writer = log.open("s", 0).unwrap();
+    writer.push(event).unwrap();
+    writer.take(1);
+    writer.mark_durable(1).unwrap();
+    writer.close();
+    let mut past_everything = log.subscribe(&"s", Some(u64::MAX)).unwrap();
+    assert_eq!(past_everything.next_batch(10).await, Batch::End);
+}
+
 #[tokio::test]
 async fn misuse_is_an_error() {
     let log = EventLog::new(LogConfig::default());

@@ -119,7 +119,7 @@ pub(crate) async fn open(
     last_event_index: Option<u64>,
 ) -> EngineResult<Resume> {
     let requested = last_event_index.map_or(-1, |index| index as i64);
-    let next = last_event_index.map_or(0, |index| index + 1);
+    let next = last_event_index.map_or(0, |index| index.saturating_add(1));
     let run = match engine.inner.store.get_run(run_id).await {
         Ok(Some(run)) => run,
         Ok(None) => {
@@ -240,7 +240,7 @@ impl EventStream {
         Self {
             engine,
             run_id,
-            next: last_event_index.map_or(0, |index| index + 1),
+            next: last_event_index.map_or(0, |index| index.saturating_add(1)),
             subscription,
             ready: VecDeque::new(),
             done: false,
