@@ -371,15 +371,15 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
         }
         // Watch before reading, so that a notification after the read is not missed.
         let mut changed = state.engine.inner.remote.watch(&state.run_id);
-        let events = match state.ahead.take() {
-            Some((from, read)) if from == state.next => match read.await {
-                Ok(events) => events?,
-                Err(_) => {
-                    store
-                        .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
-                        .await?
-                }
-            },
+        let ahead = match state.ahead.take() {
+            Some((from, read)) if from == state.next => read.await.ok(),
+            _ => None,
+        };
+        let events = match ahead {
+            // A read ahead that found nothing was made before the watch above: what was
+            // stored and announced since would be waited for in vain. Read again.
+            Some(Ok(events)) if !events.is_empty() => events,
+            Some(Err(error)) => return Err(error.into()),
             _ => {
                 store
                     .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
