@@ -187,7 +187,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     render.finish();
-    bail!("the stream ended before the run did")
+    match run_id {
+        // A server stopping ends its streams; the run goes on (or is recovered) there.
+        Some(run_id) => bail!(
+            "the server ended the stream before run {run_id} ended (is it stopping?); \
+             follow the run with: bgrun watch {} {run_id}",
+            args.target
+        ),
+        None => bail!("the server ended the stream before the run started"),
+    }
 }
 
 /// `bgrun status`.
