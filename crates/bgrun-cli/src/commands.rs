@@ -12,6 +12,15 @@ use crate::client::{CallError, Client, Remote};
 use crate::sse::Frame;
 use crate::target::Target;
 
+/// `println!` that leaves a closed stdout be (`bgrun watch … | head`): the reader is gone, which
+/// is no error; [`Render`] notices it and the command ends.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// `bgrun run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -162,11 +171,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.background {
         let answer = client.json(Method::POST, url, Some(&body)).await?;
         if args.json {
-            println!("{answer}");
+            out!("{answer}");
         } else {
-            println!("run_id: {}", text(&answer["run_id"]));
-            println!("session_id: {}", text(&answer["session_id"]));
-            println!("status: {}", text(&answer["status"]));
+            out!("run_id: {}", text(&answer["run_id"]));
+            out!("session_id: {}", text(&answer["session_id"]));
+            out!("status: {}", text(&answer["status"]));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -181,6 +190,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // The first event is the run's own `…Started`: its run_id is the run's.
         let own = run_id.get_or_insert_with(|| text(&event["run_id"]));
         render.event(&event);
+        if render.output_closed {
+            return Ok(End::OutputClosed.report(own));
+        }
         if let Some(end) = terminal(&args.target, own, &event) {
             render.finish();
             return Ok(end.report(own));
@@ -203,7 +215,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.remote)?;
     let run = client.get_run(&args.target, &args.run_id).await?;
     if args.json {
-        println!("{run}");
+        out!("{run}");
         return Ok(ExitCode::SUCCESS);
     }
     for field in [
@@ -220,7 +232,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "content",
     ] {
         if let Some(value) = run.get(field).filter(|value| !value.is_null()) {
-            println!("{field}: {}", text(value));
+            out!("{field}: {}", text(value));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -232,9 +244,9 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     let url = client.runs_url(&args.target, &[&args.run_id, "cancel"]);
     let answer = client.json(Method::POST, url, None).await?;
     if args.json {
-        println!("{answer}");
+        out!("{answer}");
     } else {
-        println!(
+        out!(
             "{}: {} (cancelled: {})",
             text(&answer["run_id"]),
             text(&answer["status"]),
@@ -268,13 +280,13 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     }
     let page = client.json(Method::GET, url, None).await?;
     if args.json {
-        println!("{page}");
+        out!("{page}");
         return Ok(ExitCode::SUCCESS);
     }
     let runs = page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     for run in runs {
         let content = text(&run["content"]);
-        println!(
+        out!(
             "{}\t{}\t{}\t{}",
             text(&run["run_id"]),
             text(&run["status"]),
@@ -283,7 +295,7 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(cursor) = page["next_cursor"].as_str() {
-        println!("next page: --cursor {cursor}");
+        out!("next page: --cursor {cursor}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -317,7 +329,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                 if render.quiet_content {
                     let run = client.get_run(&args.target, &args.run_id).await?;
                     if let Some(content) = run["content"].as_str() {
-                        println!("{content}");
+                        out!("{content}");
                     }
                 }
                 return Ok(end.report(&args.run_id));
@@ -341,7 +353,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                 render.finish();
                 if render.quiet_content {
                     if let Some(content) = run["content"].as_str() {
-                        println!("{content}");
+                        out!("{content}");
                     }
                 }
                 let end = End::from_status(&text(&run["status"]), &run["error"]);
@@ -456,6 +468,9 @@ async fn follow_once(
         *last = Some(index);
         progressed = true;
         render.event(&event);
+        if render.output_closed {
+            return Ok(Some(End::OutputClosed));
+        }
         if let Some(end) = terminal(&args.target, &args.run_id, &event) {
             return Ok(Some(end));
         }
@@ -480,6 +495,8 @@ enum End {
     Cancelled,
     /// The server reports a status that is not terminal: the stream ended early.
     Other(String),
+    /// Whoever read the output went away (a closed pipe): nothing more to show.
+    OutputClosed,
 }
 
 impl End {
@@ -508,6 +525,7 @@ impl End {
                 eprintln!("run {run_id} is {status}, not finished");
                 ExitCode::FAILURE
             }
+            End::OutputClosed => ExitCode::SUCCESS,
         }
     }
 }
@@ -563,6 +581,8 @@ struct Render {
     last_index: Option<u64>,
     last_content: String,
     wrote_content: bool,
+    /// Stdout was closed by its reader.
+    output_closed: bool,
 }
 
 impl Render {
@@ -578,6 +598,7 @@ impl Render {
             last_index: None,
             last_content: String::new(),
             wrote_content: false,
+            output_closed: false,
         }
     }
 
@@ -594,20 +615,29 @@ impl Render {
             self.status = String::from("RUNNING");
         }
         let mut stdout = std::io::stdout().lock();
-        if self.json {
-            let _ = writeln!(stdout, "{event}");
-        } else if kind.ends_with("Content") {
-            if let Some(content) = event["content"].as_str() {
-                if self.quiet_content {
-                    content.clone_into(&mut self.last_content);
-                } else {
-                    let _ = stdout.write_all(content.as_bytes());
-                    let _ = stdout.flush();
-                    self.wrote_content = true;
-                }
+        let written = if self.json {
+            writeln!(stdout, "{event}")
+        } else if let Some(content) = event["content"]
+            .as_str()
+            .filter(|_| kind.ends_with("Content"))
+        {
+            if self.quiet_content {
+                content.clone_into(&mut self.last_content);
+                Ok(())
+            } else {
+                self.wrote_content = true;
+                stdout
+                    .write_all(content.as_bytes())
+                    .and_then(|()| stdout.flush())
             }
-        }
+        } else {
+            Ok(())
+        };
         drop(stdout);
+        if written.is_err_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) {
+            self.output_closed = true;
+            self.wrote_content = false;
+        }
         self.draw(false);
     }
 
@@ -651,7 +681,7 @@ impl Render {
     fn finish(&mut self) {
         self.clear();
         if self.wrote_content {
-            println!();
+            out!();
             self.wrote_content = false;
         }
     }

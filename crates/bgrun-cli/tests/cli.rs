@@ -56,6 +56,34 @@ async fn run_streams_the_content() {
 }
 
 #[tokio::test]
+async fn watch_into_a_pipe_closed_early_ends_quietly() {
+    let server = Server::start().await;
+    let run_id = server
+        .start_background(
+            "/agents/ticker/runs",
+            json!({"message": "go", "count": 100_000}),
+        )
+        .await;
+    // Piped, the content streams to stdout.
+    let mut child = client_command(&server, &["watch", "agents/ticker", &run_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first tick, then close the pipe, as `bgrun watch … | head -c 6` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&first, b"tick 0");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
+
+#[tokio::test]
 async fn background_then_status_watch_runs_cancel() {
     let server = Server::start().await;
     let output = bgrun(
