@@ -81,7 +81,7 @@ impl Client {
     }
 
     /// The URL of `segments` under the server's base URL, each segment escaped.
-    fn url(&self, segments: &[&str]) -> Url {
+    pub fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::client::{CallError, Client, Remote};
 use crate::sse::Frame;
-use crate::target::Target;
+use crate::target::{Kind, Target};
 
 /// `println!` that leaves a closed stdout be (`bgrun watch … | head`): the reader is gone, which
 /// is no error; [`Render`] notices it and the command ends.
@@ -57,13 +57,61 @@ pub struct RunArgs {
     remote: Remote,
 }
 
+/// A run, after its component when that is known: `[KIND/ID] RUN`.
+#[derive(clap::Args)]
+pub struct RunRef {
+    /// The run, after its component (e.g. `agents/echo RUN`); without one, the server's
+    /// components are asked in turn which has the run.
+    #[arg(value_name = "[KIND/ID] RUN", num_args = 1..=2, required = true)]
+    words: Vec<String>,
+}
+
+impl RunRef {
+    /// The run's component and id.
+    async fn resolve(&self, client: &Client) -> anyhow::Result<(Target, String)> {
+        match self.words.as_slice() {
+            [target, run_id] => Ok((target.parse().map_err(anyhow::Error::msg)?, run_id.clone())),
+            [run_id] => Ok((find_component(client, run_id).await?, run_id.clone())),
+            _ => bail!("expected [KIND/ID] RUN"),
+        }
+    }
+}
+
+/// The component that has run `run_id`: each of the server's components is asked in turn.
+async fn find_component(client: &Client, run_id: &str) -> anyhow::Result<Target> {
+    for kind in [Kind::Agents, Kind::Teams, Kind::Workflows] {
+        let components = client
+            .json(Method::GET, client.url(&[kind.segment()]), None)
+            .await?;
+        for component in components.as_array().into_iter().flatten() {
+            let Some(id) = component["id"].as_str() else {
+                continue;
+            };
+            let target = Target {
+                kind,
+                id: id.to_owned(),
+            };
+            match client
+                .send(Method::GET, client.runs_url(&target, &[run_id]), None)
+                .await
+            {
+                Ok(_) => return Ok(target),
+                Err(CallError::Fatal(_)) => continue,
+                Err(CallError::Transient(error)) => return Err(error),
+            }
+        }
+    }
+    bail!(
+        "no component of this server has run {run_id} (to cancel a run before it starts, name \
+         its component: bgrun cancel agents/echo {run_id})"
+    )
+}
+
 /// `bgrun status`.
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// The component, e.g. agents/echo.
-    target: Target,
-    /// The run.
-    run_id: String,
+    #[command(flatten)]
+    run: RunRef,
     /// Print the server's JSON.
     #[arg(long)]
     json: bool,
@@ -74,10 +122,8 @@ pub struct StatusArgs {
 /// `bgrun watch`.
 #[derive(clap::Args)]
 pub struct WatchArgs {
-    /// The component, e.g. agents/echo.
-    target: Target,
-    /// The run.
-    run_id: String,
+    #[command(flatten)]
+    run: RunRef,
     /// Start after this event index (default: from the run's first event).
     #[arg(long, value_name = "INDEX")]
     after: Option<u64>,
@@ -91,10 +137,10 @@ pub struct WatchArgs {
 /// `bgrun cancel`.
 #[derive(clap::Args)]
 pub struct CancelArgs {
-    /// The component, e.g. agents/echo.
-    target: Target,
-    /// The run (it need not exist yet: a run started later with this id is cancelled).
-    run_id: String,
+    /// (A run that does not exist yet needs its component named: a run started later with
+    /// this id is cancelled.)
+    #[command(flatten)]
+    run: RunRef,
     /// Print the server's JSON.
     #[arg(long)]
     json: bool,
@@ -213,7 +259,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// `bgrun status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.remote)?;
-    let run = client.get_run(&args.target, &args.run_id).await?;
+    let (target, run_id) = args.run.resolve(&client).await?;
+    let run = client.get_run(&target, &run_id).await?;
     if args.json {
         out!("{run}");
         return Ok(ExitCode::SUCCESS);
@@ -241,7 +288,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// `bgrun cancel`.
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.remote)?;
-    let url = client.runs_url(&args.target, &[&args.run_id, "cancel"]);
+    let (target, run_id) = args.run.resolve(&client).await?;
+    let url = client.runs_url(&target, &[&run_id, "cancel"]);
     let answer = client.json(Method::POST, url, None).await?;
     if args.json {
         out!("{answer}");
@@ -310,7 +358,12 @@ const RETRY_TRIES: u32 = 30;
 /// seen after a dropped connection.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.remote)?;
-    let url = client.runs_url(&args.target, &[&args.run_id, "resume"]);
+    let (target, run_id) = args.run.resolve(&client).await?;
+    let run_ref = Followed {
+        target: &target,
+        run_id: &run_id,
+    };
+    let url = client.runs_url(&target, &[&run_id, "resume"]);
     let stdout_is_tty = std::io::stdout().is_terminal();
     // On a terminal the progress line shows the content; piped, the content streams to stdout.
     let mut render = Render::new(args.json, !args.json && stdout_is_tty);
@@ -322,22 +375,29 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             Some(index) => json!({ "last_event_index": index }),
             None => json!({}),
         };
-        let attempt = follow_once(&client, &args, url.clone(), &body, &mut last, &mut render);
+        let attempt = follow_once(
+            &client,
+            &run_ref,
+            url.clone(),
+            &body,
+            &mut last,
+            &mut render,
+        );
         match attempt.await {
             Ok(Some(end)) => {
                 render.finish();
                 if render.quiet_content {
-                    let run = client.get_run(&args.target, &args.run_id).await?;
+                    let run = client.get_run(&target, &run_id).await?;
                     if let Some(content) = run["content"].as_str() {
                         out!("{content}");
                     }
                 }
-                return Ok(end.report(&args.run_id));
+                return Ok(end.report(&run_id));
             }
             Ok(None) => {
                 // The run is terminal and the replay ended: ask how it ended, and whether the
                 // replay was whole (a server stopping ends it early).
-                let run = client.get_run(&args.target, &args.run_id).await?;
+                let run = client.get_run(&target, &run_id).await?;
                 let stored_last = run["last_event_index"].as_u64();
                 if stored_last.is_some() && stored_last > last {
                     failures += 1;
@@ -357,7 +417,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 let end = End::from_status(&text(&run["status"]), &run["error"]);
-                return Ok(end.report(&args.run_id));
+                return Ok(end.report(&run_id));
             }
             Err(Follow::Fatal(error)) => {
                 render.finish();
@@ -392,11 +452,17 @@ enum Follow {
     Fatal(anyhow::Error),
 }
 
+/// The run `watch` follows.
+struct Followed<'a> {
+    target: &'a Target,
+    run_id: &'a str,
+}
+
 /// One resume connection: `Some(end)` at the run's terminal event, `None` when the server
 /// says the run is terminal and no event is left.
 async fn follow_once(
     client: &Client,
-    args: &WatchArgs,
+    args: &Followed<'_>,
     url: reqwest::Url,
     body: &Value,
     last: &mut Option<u64>,
@@ -471,7 +537,7 @@ async fn follow_once(
         if render.output_closed {
             return Ok(Some(End::OutputClosed));
         }
-        if let Some(end) = terminal(&args.target, &args.run_id, &event) {
+        if let Some(end) = terminal(args.target, args.run_id, &event) {
             return Ok(Some(end));
         }
     }

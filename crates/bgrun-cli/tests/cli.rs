@@ -115,6 +115,21 @@ async fn background_then_status_watch_runs_cancel() {
     assert!(text.contains("content: done 3"), "{text}");
     assert!(text.contains("last_event_index: 4"), "{text}");
 
+    // The run alone: the client finds its component.
+    let output = bgrun(&server, &["status", run_id]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), text);
+    let output = bgrun(&server, &["watch", run_id]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "tick 0tick 1tick 2\n");
+    let output = bgrun(&server, &["cancel", "no-such-run-yet"]).await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("bgrun cancel agents/echo no-such-run-yet"),
+        "{}",
+        stderr(&output)
+    );
+
     let output = bgrun(
         &server,
         &[
