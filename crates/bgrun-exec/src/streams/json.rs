@@ -52,6 +52,22 @@ pub(crate) fn message(body: &[u8], allow_empty: bool) -> Result<Option<Bytes>, S
     Ok(Some(join(&values)))
 }
 
+/// [`prefix`], off the async runtime for a large message (as [`parse`]).
+pub(crate) async fn prefix_of(message: &Bytes, count: u64) -> Result<Option<Bytes>, StreamError> {
+    if message.len() <= PARSE_INLINE_BYTES {
+        return Ok(prefix(message, count));
+    }
+    let message = message.clone();
+    tokio::task::spawn_blocking(move || prefix(&message, count))
+        .await
+        .map_err(|error| {
+            StreamError::Store(bgrun_core::StoreError::backend(
+                "reading a JSON message",
+                error,
+            ))
+        })
+}
+
 /// The first `count` values of a stored message, as a message; `None` when it has fewer.
 pub(crate) fn prefix(message: &[u8], count: u64) -> Option<Bytes> {
     let text = std::str::from_utf8(message).ok()?;

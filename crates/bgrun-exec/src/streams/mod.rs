@@ -351,9 +351,11 @@ impl Streams {
                 "no message after the fork offset",
             ))?;
             Some(if media_type(&source.content_type) == json::JSON {
-                json::prefix(&message.data, fork.sub_offset).ok_or(
-                    StreamError::InvalidSubOffset("more values than the message holds"),
-                )?
+                json::prefix_of(&message.data, fork.sub_offset)
+                    .await?
+                    .ok_or(StreamError::InvalidSubOffset(
+                        "more values than the message holds",
+                    ))?
             } else {
                 let end = usize::try_from(fork.sub_offset)
                     .ok()

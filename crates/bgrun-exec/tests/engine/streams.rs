@@ -130,6 +130,38 @@ async fn json_values_are_kept_as_sent_and_forks_read_through_their_source(backen
         texts(streams, "events-large", 0, usize::MAX).await,
         [values.join(",")]
     );
+    // A fork taking the first 30,000 values of that large message (read on a blocking thread).
+    streams
+        .create(CreateStream {
+            path: "events-large-fork".into(),
+            fork: Some(ForkRequest {
+                source: "events-large".into(),
+                offset: Some(StreamOffset::ZERO),
+                sub_offset: 30_000,
+            }),
+            ..CreateStream::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(streams, "events-large-fork", 0, usize::MAX).await,
+        [values[..30_000].join(",")]
+    );
+    let too_many = streams
+        .create(CreateStream {
+            path: "events-large-fork-2".into(),
+            fork: Some(ForkRequest {
+                source: "events-large".into(),
+                offset: Some(StreamOffset::ZERO),
+                sub_offset: 40_001,
+            }),
+            ..CreateStream::default()
+        })
+        .await;
+    assert!(
+        matches!(too_many, Err(StreamError::InvalidSubOffset(_))),
+        "{too_many:?}"
+    );
     // A fork at offset 1 taking the first two values of the source's second message.
     let fork = streams
         .create(CreateStream {
