@@ -66,6 +66,13 @@ fn unsupported(content_type: &str) -> ApiError {
     ))
 }
 
+/// How much more of a refused body is still read (and dropped) before the 413 goes out, and for
+/// how long: a client still sending it (one that writes its whole request before reading, as
+/// most do) then reads the answer instead of a reset connection. A larger body, or a slower one,
+/// gets the 413 at once and the connection is closed on it.
+const DRAIN_BYTES: u64 = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
@@ -76,7 +83,10 @@ pub(crate) async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
+    if let Some(length) = declared.filter(|length| *length > limit as u64) {
+        if length <= DRAIN_BYTES {
+            drain(body.into_data_stream()).await;
+        }
         return Err(ApiError::too_large(limit));
     }
     let mut stream = body.into_data_stream();
@@ -92,6 +102,7 @@ pub(crate) async fn read_limited(
         })?;
         total += chunk.len();
         if total > limit {
+            drain(stream).await;
             return Err(ApiError::too_large(limit));
         }
         match first.take() {
@@ -104,6 +115,20 @@ pub(crate) async fn read_limited(
         }
     }
     Ok(first.unwrap_or_else(|| Bytes::from(buffer)))
+}
+
+/// Reads and drops what is left of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len() as u64;
+            if drained > DRAIN_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads a body in one of the three encodings into fields.
