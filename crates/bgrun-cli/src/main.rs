@@ -10,11 +10,13 @@
 //! bgrun status agents/ticker RUN_ID
 //! bgrun watch agents/ticker RUN_ID                 # follows it to its end, reconnecting
 //! bgrun cancel agents/ticker RUN_ID
+//! bgrun status RUN_ID                              # the component found by asking the server
 //! bgrun runs agents/ticker --status RUNNING --limit 5
 //! ```
 //!
-//! Exit status: 0 on success (for `run` and `watch`: the run completed), 1 on an error or a run
-//! that ended `ERROR` or `CANCELLED`, 2 on a usage error.
+//! Exit status: 0 on success (for `run` and `watch`: the run completed), 1 on an error (a
+//! `--url` that is no http:// URL among them) or a run that ended `ERROR` or `CANCELLED`, 2 on
+//! a usage error clap finds (a missing argument, an unknown flag, a bad value).
 
 mod client;
 mod commands;
