@@ -23,6 +23,9 @@ pub(crate) struct ActiveRun {
     store_failure: Mutex<Option<String>>,
     /// Runs this run started (team members, workflow steps).
     children: Mutex<Vec<Arc<ActiveRun>>>,
+    /// The starts of its children under way: a start goes on when the component that made it
+    /// is dropped (cancelled), and the run settles its children only once they are launched.
+    pub(crate) child_starts: tokio_util::task::TaskTracker,
     /// Fired when the run's task has ended, however it ended (also when it left the run to
     /// another engine without a terminal status).
     pub(crate) ended: CancellationToken,
@@ -50,6 +53,7 @@ impl ActiveRun {
             status: watch::Sender::new(RunStatus::Pending),
             store_failure: Mutex::new(None),
             children: Mutex::new(Vec::new()),
+            child_starts: tokio_util::task::TaskTracker::new(),
             ended: CancellationToken::new(),
         }
     }
@@ -64,6 +68,10 @@ impl ActiveRun {
 
     /// Cancels every child still running and waits until each has ended.
     pub(crate) async fn settle_children(&self) {
+        // A child being started when the component ended is launched first (its token, a child
+        // of this run's, is cancelled if this run was).
+        self.child_starts.close();
+        self.child_starts.wait().await;
         let children: Vec<Arc<ActiveRun>> = lock(&self.children).drain(..).collect();
         for child in &children {
             if !child.status.borrow().is_terminal() {

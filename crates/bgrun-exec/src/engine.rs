@@ -357,8 +357,12 @@ impl Engine {
         // between the two (an HTTP client hanging up) must not leave a stored run that nothing
         // launches, PENDING for good.
         let inner = Arc::clone(&self.inner);
-        self.inner
-            .tracker
+        // A child's start is tracked by its parent, which settles its children only after.
+        let tracker = parent
+            .as_ref()
+            .map_or(&self.inner.tracker, |parent| &parent.child_starts)
+            .clone();
+        tracker
             .spawn(create_and_launch(inner, new_run, component, parent))
             .await
             .map_err(|error| {
