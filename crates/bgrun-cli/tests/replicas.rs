@@ -248,6 +248,8 @@ async fn a_killed_replicas_runs_are_ended_or_run_by_a_live_one() {
             let last = index(all.last().unwrap());
             assert_gapless(&all, 0, last);
             assert_eq!(run["last_event_index"], last);
+            // Once terminal, the run's content is its terminal event's.
+            assert_eq!(run["content"], all.last().unwrap()["content"], "{run}");
             assert_eq!(all.last().unwrap()["event"], "RunError");
             assert_eq!(tally(&all).get("RunError"), Some(&1));
         }

@@ -179,16 +179,18 @@ async fn recover_leased(engine: &Engine, run_id: &RunId) -> EngineResult<Recover
         return Ok(Recovered::Launched);
     }
     let content = crate::content::stored_content(engine, &run).await?;
+    let content = if content.is_empty() {
+        "interrupted".to_owned()
+    } else {
+        content
+    };
+    // The run's content once terminal is its terminal event's: the same text in both.
     let mut fields = Map::new();
-    fields.insert("content".into(), Value::String("interrupted".into()));
+    fields.insert("content".into(), Value::String(content.clone()));
     fields.insert("error".into(), Value::String("interrupted".into()));
     let terminal = runner::terminal_event(&run, Outcome::Error, &fields);
     let transition = Transition {
-        content: Some(if content.is_empty() {
-            "interrupted".to_owned()
-        } else {
-            content
-        }),
+        content: Some(content),
         error: Some("interrupted".into()),
         ..Transition::new(run.status, RunStatus::Error)
     };
