@@ -270,9 +270,19 @@ impl Fields {
 /// Parses an event index sent as a JSON integer or a base-10 string: negative or not an
 /// integer is 422.
 pub(crate) fn parse_index(name: &str, value: &Value) -> ApiResult<u64> {
-    match parse_int(value) {
-        Some(index) if index >= 0 => Ok(index as u64),
-        Some(_) => Err(ApiError::invalid(format!("{name} must not be negative"))),
+    if let Some(index) = parse_int(value) {
+        return u64::try_from(index)
+            .map_err(|_| ApiError::invalid(format!("{name} must not be negative")));
+    }
+    // An integer past i64 is past every run's last event (a replay with no data frames), not a
+    // bad request; it is taken as i64::MAX, the largest index a meta frame can repeat.
+    let digits = match value {
+        Value::Number(number) => number.as_u64().map(|index| index.to_string()),
+        Value::String(text) => Some(text.clone()),
+        _ => None,
+    };
+    match digits.filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())) {
+        Some(_) => Ok(i64::MAX as u64),
         None => Err(ApiError::invalid(format!("{name} must be an integer"))),
     }
 }
@@ -386,6 +396,13 @@ mod tests {
     fn indexes_must_be_non_negative_integers() {
         assert_eq!(parse_index("i", &Value::from("7")).unwrap(), 7);
         assert_eq!(parse_index("i", &Value::from(0)).unwrap(), 0);
+        // Past i64: past every run's end, not an error.
+        for huge in [
+            Value::from(u64::MAX),
+            Value::from("99999999999999999999999"),
+        ] {
+            assert_eq!(parse_index("i", &huge).unwrap(), i64::MAX as u64);
+        }
         for bad in [
             Value::from("-1"),
             Value::from(-1),

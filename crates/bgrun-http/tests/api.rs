@@ -598,8 +598,9 @@ async fn resume_gives_exactly_the_events_after_the_index() {
         )
         .await;
     assert_eq!(indices(&answer.frames()), [6]);
-    // At or past the end: a replay frame and nothing else.
-    for index in [6, 100] {
+    // At or past the end: a replay frame and nothing else, also for an index past i64 (taken
+    // as i64::MAX).
+    for index in ["6", "100", "18446744073709551615", "99999999999999999999999"] {
         let frames = f
             .get(&format!("{base}?last_event_index={index}"))
             .await
@@ -608,6 +609,12 @@ async fn resume_gives_exactly_the_events_after_the_index() {
         assert_eq!(frames[0].event, "replay");
         assert_eq!(frames[0].data["total_events"], 0);
     }
+    let past = f
+        .post_json(&base, json!({"last_event_index": u64::MAX}))
+        .await
+        .frames();
+    assert_eq!(past.len(), 1);
+    assert_eq!(past[0].data["last_event_index_requested"], i64::MAX);
     for query in [
         "last_event_index=-1",
         "last_event_index=x",
