@@ -600,7 +600,12 @@ async fn resume_gives_exactly_the_events_after_the_index() {
     assert_eq!(indices(&answer.frames()), [6]);
     // At or past the end: a replay frame and nothing else, also for an index past i64 (taken
     // as i64::MAX).
-    for index in ["6", "100", "18446744073709551615", "99999999999999999999999"] {
+    for index in [
+        "6",
+        "100",
+        "18446744073709551615",
+        "99999999999999999999999",
+    ] {
         let frames = f
             .get(&format!("{base}?last_event_index={index}"))
             .await
