@@ -9,8 +9,8 @@
 //! `DELETE` of its lease).
 //!
 //! Creates (a writer of their own takes them, so a batch holding one holds only creates) need no
-//! transaction around them: their `INSERT .. SELECT FROM unnest(..)` commits on its own, and the
-//! read of their cancel intents follows it in the same round trip ([`creates`]).
+//! transaction around them: their `INSERT .. SELECT FROM unnest(..)`, which also reads their
+//! cancel intents, commits on its own ([`creates`]).
 //!
 //! Only commands whose outcome the set statements can decide take this path ([`is_fast`]): first
 //! attempts without an idempotency key, one per run in the batch. A command the statements did
@@ -514,14 +514,16 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
     }))
 }
 
-/// A batch of creates: their `INSERT`, then the read of their cancel intents, each committing
-/// on its own, pipelined in one round trip.
+/// A batch of creates: one autocommit statement that inserts the runs and reads their cancel
+/// intents.
 ///
-/// `request_cancel` records an intent and then notifies. The read starts after the `INSERT`
-/// committed, so an intent it does not see was committed after the run existed: its
-/// notification reaches the run's engine, as for a run that is executing. (A transaction and a
-/// lock around the two would cost two more statements of each create's round trip, and decide
-/// nothing more.)
+/// `request_cancel` records an intent and then notifies. The statement reads the intents
+/// committed before it began; one committed since was committed by a cancel that found no run
+/// (ours was not committed yet), and its notification, sent on that commit, reaches this
+/// store's listener, and through it the engine, which keeps a cancel of a run it has not
+/// launched yet for that run's launch. (A read after the `INSERT` committed, or a transaction
+/// and a lock around the two, would cost more statements of each create's round trip, and
+/// decide nothing more.)
 async fn creates(inner: &Inner, client: &Object, fast: &[Queued]) -> Pipelined {
     match creates_pipeline(inner, client, fast).await {
         Ok(pipelined) => pipelined,
@@ -542,8 +544,7 @@ async fn creates_pipeline(
         }
     }
     let insert = client.prepare_cached(&inner.bulk.create).await?;
-    let intents = client.prepare_cached(&inner.bulk.intents).await?;
-    let insert_params: [&(dyn ToSql + Sync); 11] = [
+    let params: [&(dyn ToSql + Sync); 11] = [
         &creates.run_ids,
         &creates.session_ids,
         &creates.user_ids,
@@ -556,13 +557,7 @@ async fn creates_pipeline(
         &creates.created_at,
         &creates.tokens,
     ];
-    let intents_params: [&(dyn ToSql + Sync); 1] = [&creates.run_ids];
-    // Queued in this order when `join!` first polls them: one round trip.
-    let (inserted, intents) = futures::join!(
-        client.query(&insert, &insert_params),
-        client.query(&intents, &intents_params),
-    );
-    let inserted = match inserted {
+    let inserted = match client.query(&insert, &params).await {
         Ok(rows) => rows,
         // The statement failed as a whole: nothing was written.
         Err(error) if refused_by_server(&error) => {
@@ -573,21 +568,13 @@ async fn creates_pipeline(
         }
         Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
     };
-    // The runs are stored but whether they are cancelled is not known: whatever the error, a
-    // retry (which finds them by their write tokens and reads their intents again) is due, not
-    // an error answered for runs that exist and will be executed.
-    let intents = match intents {
-        Ok(rows) => rows,
-        Err(error) => {
-            return Ok(Pipelined::Unknown(Failure::Batch {
-                transient: true,
-                why: crate::fault::describe(&error),
-            }))
-        }
-    };
     Ok(Pipelined::Committed(Returned {
         created: inserted.iter().map(|row| row.get::<_, String>(0)).collect(),
-        cancelled: intents.iter().map(|row| row.get::<_, String>(0)).collect(),
+        cancelled: inserted
+            .iter()
+            .filter(|row| row.get::<_, bool>(1))
+            .map(|row| row.get::<_, String>(0))
+            .collect(),
         ..Returned::default()
     }))
 }
@@ -595,7 +582,6 @@ async fn creates_pipeline(
 /// The statements, in the store's schema (made once, when the store opens).
 pub(crate) struct Sql {
     create: String,
-    intents: String,
     lease: String,
     release: String,
     transition: String,
@@ -616,9 +602,9 @@ impl Sql {
              SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
         Self {
             create: in_schema(
-                "INSERT INTO {s}.runs (run_id, session_id, user_id, kind, component_id, \
-                 parent_run_id, status, input, params, metadata, created_at, updated_at, \
-                 write_token) \
+                "WITH created AS (INSERT INTO {s}.runs (run_id, session_id, user_id, kind, \
+                 component_id, parent_run_id, status, input, params, metadata, created_at, \
+                 updated_at, write_token) \
                  SELECT n.run_id, n.session_id, n.user_id, n.kind, n.component_id, \
                  n.parent_run_id, 'PENDING', n.input, n.params, n.metadata, n.created_at, \
                  n.created_at, n.token \
@@ -627,10 +613,9 @@ impl Sql {
                  AS n(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
                  params, metadata, created_at, token) \
                  ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
-                 RETURNING run_id",
-            ),
-            intents: in_schema(
-                "SELECT run_id FROM {s}.cancel_intents WHERE run_id = ANY($1::text[])",
+                 RETURNING run_id) \
+                 SELECT c.run_id, EXISTS (SELECT 1 FROM {s}.cancel_intents i \
+                 WHERE i.run_id = c.run_id) FROM created c",
             ),
             lease: in_schema(
                 "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
