@@ -170,18 +170,23 @@ fn explain_refusal(run_id: &RunId, last: Option<u64>, events: &[Event]) -> Store
     }
 }
 
-/// Writes `events` (consecutive, as the caller checked) as one block.
+/// Writes `events` (consecutive, as the caller checked) as blocks.
 fn insert_events(conn: &Connection, seq: i64, events: &[Event]) -> StoreResult<()> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Ok(());
-    };
-    let (first, last) = (index_to_sql(first.index())?, index_to_sql(last.index())?);
-    let body = blocks::encode(events)?;
-    conn.prepare_cached(
-        "INSERT INTO event_blocks (run_seq, last_index, first_index, body) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut insert| insert.execute(params![seq, last, first, body]))
-    .map_err(sql("inserting events"))?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO event_blocks (run_seq, last_index, first_index, codec, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(sql("inserting events"))?;
+    for block in blocks::blocks(events)? {
+        let (first, last) = (
+            index_to_sql(block.first_index)?,
+            index_to_sql(block.last_index)?,
+        );
+        insert
+            .execute(params![seq, last, first, block.codec.to_sql(), block.body])
+            .map_err(sql("inserting events"))?;
+    }
     Ok(())
 }
 

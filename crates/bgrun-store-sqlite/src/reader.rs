@@ -131,9 +131,13 @@ pub(crate) fn list_runs(
         args.push(Value::Integer(created_at));
         args.push(Value::Integer(seq));
     }
-    query.push_str(" ORDER BY created_at DESC, seq DESC LIMIT ?");
-    // One more than asked: whether it comes back says whether there is a next page.
-    args.push(Value::Integer(to_sql_limit(limit).saturating_add(1)));
+    // One more than asked: whether it comes back says whether there is a next page. Written
+    // into the statement, not bound: SQLite prepares a statement with a bound `LIMIT` anew for
+    // each value.
+    query.push_str(&format!(
+        " ORDER BY created_at DESC, seq DESC LIMIT {}",
+        to_sql_limit(limit).saturating_add(1)
+    ));
 
     let mut stmt = conn
         .prepare_cached(&query)
@@ -179,29 +183,32 @@ pub(crate) fn read_events(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    // Each block holds at least one event: `limit` blocks are always enough.
+    // No `LIMIT`: SQLite prepares a statement with a bound `LIMIT` anew for each value (the
+    // planner uses it), and the rows are stepped through only until `limit` events are read.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT first_index, body FROM event_blocks \
+            "SELECT first_index, codec, body FROM event_blocks \
              WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND last_index > ?2 \
-             ORDER BY last_index LIMIT ?3",
+             ORDER BY last_index",
         )
         .map_err(sql("preparing an event read"))?;
     let mut rows = stmt
-        .query(params![run_id.as_str(), after, to_sql_limit(limit)])
+        .query(params![run_id.as_str(), after])
         .map_err(sql("reading events"))?;
     let after = u64::try_from(after).ok();
     let mut events = Vec::with_capacity(limit.min(4096));
+    let mut decoder = blocks::Decoder::default();
     while events.len() < limit {
         let Some(row) = rows.next().map_err(sql("reading events"))? else {
             break;
         };
-        let (first_index, body) = row
+        let (first_index, codec, body) = row
             .get(0)
             .and_then(|first| index_from_sql(first, 0))
-            .and_then(|first| Ok((first, row.get_ref(1)?.as_blob()?)))
+            .and_then(|first| Ok((first, row.get(1)?, row.get_ref(2)?.as_blob()?)))
             .map_err(sql("reading events"))?;
-        blocks::decode(first_index, body, after, limit, &mut events)?;
+        let codec = blocks::Codec::from_sql(codec)?;
+        decoder.decode(first_index, codec, body, after, limit, &mut events)?;
     }
     Ok(events)
 }

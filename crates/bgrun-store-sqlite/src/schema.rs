@@ -158,6 +158,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         FROM events ORDER BY run_seq, event_index;
     DROP TABLE events;
     "#,
+    // 5: how a block's body is stored (`blocks::Codec`): 0 as written, 1 compressed with LZ4.
+    // The blocks written before stay as they are.
+    r#"
+    ALTER TABLE event_blocks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
