@@ -1,5 +1,6 @@
 //! The event envelope: what a run emits, stored and delivered as one compact JSON object.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -15,19 +16,50 @@ pub const ENVELOPE_KEYS: [&str; 5] = ["event", "run_id", "session_id", "created_
 ///
 /// Cloning is cheap (two reference counts), so one event fans out to any number of subscribers
 /// without copying its JSON. Every delivery of an event is this exact JSON text.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Event {
     index: u64,
     event_type: Arc<str>,
-    json: Arc<str>,
+    json: SharedText,
 }
+
+/// A text, or a part of one shared by several events (a block of events a store read at once):
+/// such events cost a reference count each, not an allocation and a copy of their JSON.
+#[derive(Clone)]
+struct SharedText {
+    text: Arc<str>,
+    /// Within `text`, on character boundaries (checked when made).
+    range: Range<usize>,
+}
+
+impl SharedText {
+    fn whole(text: Arc<str>) -> Self {
+        let range = 0..text.len();
+        Self { text, range }
+    }
+
+    fn as_str(&self) -> &str {
+        // Never empty by mistake: the range was checked against this very text.
+        self.text.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+            && self.event_type == other.event_type
+            && self.json() == other.json()
+    }
+}
+
+impl Eq for Event {}
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Event")
             .field("index", &self.index)
             .field("event_type", &self.event_type)
-            .field("json", &self.json)
+            .field("json", &self.json())
             .finish()
     }
 }
@@ -53,8 +85,47 @@ impl Event {
         Self {
             index,
             event_type: event_type.into(),
-            json: json.into(),
+            json: SharedText::whole(json.into()),
         }
+    }
+
+    /// An event as a store returns it, whose JSON is the part `json` of `text`, a text several
+    /// events share (a block of events read at once): the event holds a reference to `text`,
+    /// not a copy, and keeps all of it alive as long as it lives.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use bgrun_core::Event;
+    ///
+    /// let block: Arc<str> = Arc::from(r#"{"event_index":0}{"event_index":1}"#);
+    /// let second = Event::from_shared(1, "RunContent", &block, 17..34).unwrap();
+    /// assert_eq!(second.json(), r#"{"event_index":1}"#);
+    /// assert!(Event::from_shared(1, "RunContent", &block, 17..35).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `json` is not a part of `text` (out of bounds, or not on character boundaries).
+    pub fn from_shared(
+        index: u64,
+        event_type: impl Into<Arc<str>>,
+        text: &Arc<str>,
+        json: Range<usize>,
+    ) -> Result<Self, InvalidInput> {
+        if text.get(json.clone()).is_none() {
+            return Err(InvalidInput::new(format!(
+                "event {index}: bytes {json:?} are not a part of a text of {} bytes",
+                text.len()
+            )));
+        }
+        Ok(Self {
+            index,
+            event_type: event_type.into(),
+            json: SharedText {
+                text: text.clone(),
+                range: json,
+            },
+        })
     }
 
     /// Renders an event: `{"event", "run_id", "session_id", "created_at", "event_index", ...fields}`.
@@ -93,7 +164,7 @@ impl Event {
         Self {
             index,
             event_type: event_type_arc(event_type),
-            json: json.into(),
+            json: SharedText::whole(json.into()),
         }
     }
 
@@ -105,7 +176,7 @@ impl Event {
         Ok(Self {
             index,
             event_type: self.event_type.clone(),
-            json: Value::Object(object).to_string().into(),
+            json: SharedText::whole(Value::Object(object).to_string().into()),
         })
     }
 
@@ -121,17 +192,12 @@ impl Event {
 
     /// The whole event as compact JSON.
     pub fn json(&self) -> &str {
-        &self.json
-    }
-
-    /// The shared JSON text, for zero-copy delivery.
-    pub fn json_arc(&self) -> &Arc<str> {
-        &self.json
+        self.json.as_str()
     }
 
     /// Parses the JSON into an object (envelope keys included).
     pub fn fields(&self) -> Result<Map<String, Value>, InvalidInput> {
-        match serde_json::from_str::<Value>(&self.json) {
+        match serde_json::from_str::<Value>(self.json()) {
             Ok(Value::Object(object)) => Ok(object),
             Ok(_) => Err(InvalidInput::new("event JSON is not an object")),
             Err(error) => Err(InvalidInput::new(format!("event JSON is invalid: {error}"))),

@@ -1,20 +1,31 @@
 //! Event blocks: a few consecutive events of a run in one row.
 //!
 //! A replay reads rows, and SQLite steps through a few million rows a second at best; one row per
-//! block turns a 100,000-event replay into a few hundred rows. A block is its events' type and
-//! JSON, each preceded by its length in bytes as a 4-byte big-endian integer (which migration 4
-//! writes in plain SQL: `unhex(printf('%08X', n))`):
+//! block turns a 100,000-event replay into a few hundred rows. The events of a block are
+//! consecutive: the row keeps its first and last index, and the index of each event is its
+//! position. An append is cut into blocks of at most [`MAX_BLOCK_BYTES`] of events, each stored
+//! in one of two ways (the `codec` column, [`Codec`]):
 //!
-//! ```text
-//! [0 0 0 10] RunStarted [0 0 0 123] {"event":"RunStarted",...} [0 0 0 10] RunContent ...
-//! ```
+//! - LZ4-compressed text, when compression makes the block smaller (nearly always: a run's
+//!   events repeat its ids and field names; a 100,000-event `ticker` run's 20.7 MB of events
+//!   take 1.1 MB). The text is each event's type and JSON, each preceded by its length in bytes
+//!   in decimal and a colon:
 //!
-//! The events of a block are consecutive: the row keeps its first and last index, and the index
-//! of each event is its position. An append is cut into blocks of at most [`MAX_BLOCK_BYTES`],
-//! each stored compressed with LZ4 ([`Codec`]) when that makes it smaller: a run's events repeat
-//! its ids and field names, and a replay reads a fraction of the pages (a 100,000-event `ticker`
-//! run: 20.7 MB of events in 1.0 MB).
+//!   ```text
+//!   10:RunStarted123:{"event":"RunStarted",...}10:RunContent...
+//!   ```
+//!
+//!   A block's text is checked as UTF-8 once, and the events read from it share it
+//!   ([`Event::from_shared`]): no allocation or copy per event.
+//! - Plain bytes otherwise (and in every block written before migration 5): each part preceded
+//!   by its length as a 4-byte big-endian integer (which migration 4 writes in plain SQL:
+//!   `unhex(printf('%08X', n))`):
+//!
+//!   ```text
+//!   [0 0 0 10] RunStarted [0 0 0 123] {"event":"RunStarted",...} [0 0 0 10] RunContent ...
+//!   ```
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bgrun_core::{Event, StoreError, StoreResult};
@@ -29,8 +40,8 @@ pub(crate) const MAX_BLOCK_BYTES: usize = 32 * 1024;
 pub(crate) enum Codec {
     /// The encoded events as they are (every block written before migration 5).
     Plain,
-    /// The encoded events compressed as one LZ4 block, their length first (4 bytes,
-    /// little-endian: `lz4_flex::block::compress_prepend_size`).
+    /// The events as text ([`encode_text`]) compressed as one LZ4 block, its length first (4
+    /// bytes, little-endian: `lz4_flex::block::compress_prepend_size`).
     Lz4,
 }
 
@@ -82,8 +93,8 @@ pub(crate) fn blocks(events: &[Event]) -> StoreResult<Vec<Block>> {
             .max(1);
         let (these, after) = rest.split_at(len);
         rest = after;
+        let compressed = lz4_flex::block::compress_prepend_size(encode_text(these).as_bytes());
         let plain = encode(these)?;
-        let compressed = lz4_flex::block::compress_prepend_size(&plain);
         let (codec, body) = if compressed.len() < plain.len() {
             (Codec::Lz4, compressed)
         } else {
@@ -122,6 +133,20 @@ pub(crate) fn encode(events: &[Event]) -> StoreResult<Vec<u8>> {
     Ok(body)
 }
 
+/// The text of `events`, uncompressed: each part preceded by its length and a colon.
+pub(crate) fn encode_text(events: &[Event]) -> String {
+    let size = events.iter().map(|event| encoded_len(event) + 4).sum();
+    let mut text = String::with_capacity(size);
+    for event in events {
+        for part in [event.event_type(), event.json()] {
+            text.push_str(itoa::Buffer::new().format(part.len()));
+            text.push(':');
+            text.push_str(part);
+        }
+    }
+    text
+}
+
 /// Reads stored blocks; keeps the buffer that compressed ones are expanded into from one block
 /// to the next.
 #[derive(Debug, Default)]
@@ -141,14 +166,15 @@ impl Decoder {
         limit: usize,
         out: &mut Vec<Event>,
     ) -> StoreResult<()> {
-        let plain = match codec {
-            Codec::Plain => body,
+        match codec {
+            Codec::Plain => decode(first_index, body, after, limit, out),
             Codec::Lz4 => {
                 self.expand(first_index, body)?;
-                &self.expanded
+                let text =
+                    std::str::from_utf8(&self.expanded).map_err(|_| malformed(first_index))?;
+                decode_text(first_index, &Arc::from(text), after, limit, out)
             }
-        };
-        decode(first_index, plain, after, limit, out)
+        }
     }
 
     fn expand(&mut self, first_index: u64, body: &[u8]) -> StoreResult<()> {
@@ -198,6 +224,64 @@ fn decode(
         index += 1;
     }
     Ok(())
+}
+
+/// Reads the events of a block's text ([`encode_text`]) that starts at `first_index`,
+/// appending to `out` those after `after` until `out` holds `limit`; they share `text`.
+fn decode_text(
+    first_index: u64,
+    text: &Arc<str>,
+    after: Option<u64>,
+    limit: usize,
+    out: &mut Vec<Event>,
+) -> StoreResult<()> {
+    let mut at = 0;
+    let mut index = first_index;
+    let mut last_type: Option<Arc<str>> = None;
+    while at < text.len() && out.len() < limit {
+        let type_range = text_part(text, &mut at, index)?;
+        let json_range = text_part(text, &mut at, index)?;
+        // Events at or before `after` are stepped over unread.
+        if after.is_none_or(|after| index > after) {
+            let event_type = text.get(type_range).ok_or_else(|| malformed(index))?;
+            let event_type = match &last_type {
+                Some(last) if **last == *event_type => last.clone(),
+                _ => Arc::<str>::from(event_type),
+            };
+            last_type = Some(event_type.clone());
+            let event = Event::from_shared(index, event_type, text, json_range)
+                .map_err(|_| malformed(index))?;
+            out.push(event);
+        }
+        index += 1;
+    }
+    Ok(())
+}
+
+/// The range of the part at `at` in a block's text (its decimal length and a colon, then
+/// itself), moving `at` past it.
+fn text_part(text: &str, at: &mut usize, index: u64) -> StoreResult<Range<usize>> {
+    let rest = text.as_bytes().get(*at..).ok_or_else(|| malformed(index))?;
+    // No length has more than 20 digits (u64::MAX).
+    let colon = rest
+        .iter()
+        .take(21)
+        .position(|&byte| byte == b':')
+        .filter(|&colon| colon > 0)
+        .ok_or_else(|| malformed(index))?;
+    let len = rest[..colon].iter().try_fold(0_usize, |len, &digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        len.checked_mul(10)?.checked_add(usize::from(digit - b'0'))
+    });
+    let start = *at + colon + 1;
+    let end = len
+        .and_then(|len| start.checked_add(len))
+        .filter(|&end| end <= text.len())
+        .ok_or_else(|| malformed(index))?;
+    *at = end;
+    Ok(start..end)
 }
 
 fn malformed(index: u64) -> StoreError {
@@ -371,6 +455,34 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains("malformed"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_malformed_block_text_is_an_error() {
+        let good = encode_text(&[event(0, "RunStarted", "{\"a\":\"é\"}")]);
+        assert_eq!(good, "10:RunStarted10:{\"a\":\"é\"}");
+        for broken in [
+            "10:RunStarted",
+            "10:RunStarted11:{\"a\":\"é\"}",
+            "10:RunStarted9:{\"a\":\"é\"}",
+            "10:RunStarted:{}",
+            "1x:RunStarted2:{}",
+            "99999999999999999999999:RunStarted2:{}",
+            "RunStarted2:{}",
+        ] {
+            let body = lz4_flex::block::compress_prepend_size(broken.as_bytes());
+            let mut out = Vec::new();
+            let error = Decoder::default()
+                .decode(0, Codec::Lz4, &body, None, 10, &mut out)
+                .unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{broken}: {error}");
+        }
+        let not_utf8 = lz4_flex::block::compress_prepend_size(b"1:A2:\xff}");
+        let mut out = Vec::new();
+        let error = Decoder::default()
+            .decode(0, Codec::Lz4, &not_utf8, None, 10, &mut out)
+            .unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
     }
 
     #[test]
