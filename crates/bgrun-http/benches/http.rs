@@ -21,6 +21,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark fails loudly
 
+/// The allocator `bgrun serve` uses (see bgrun-cli): the bgrun and the raw server alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
