@@ -22,6 +22,7 @@
 
 mod error;
 mod event;
+mod frame;
 mod id;
 mod params;
 mod run;
@@ -32,6 +33,7 @@ mod target;
 
 pub use error::{InvalidInput, InvalidTransition, StoreError, StoreResult};
 pub use event::{Envelope, Event, ENVELOPE_KEYS};
+pub use frame::Frames;
 pub use id::{RunId, SessionId, MAX_ID_LEN};
 pub use params::{parse_bool, parse_int, validate_params, ParamKind, ParamSpec};
 pub use run::{

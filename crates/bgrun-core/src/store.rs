@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::error::{StoreError, StoreResult};
 use crate::event::Event;
+use crate::frame::Frames;
 use crate::id::RunId;
 use crate::run::{
     CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp, Transition,
@@ -120,6 +121,19 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<Event>>;
+
+    /// The frames ([`Frames`]) of what [`Store::read_events`] returns for the same arguments,
+    /// exactly, for a store that keeps its events as frames: a replay then sends them without
+    /// decoding an event. `None`, the default: the caller reads the events instead.
+    async fn read_event_frames(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<Frames>> {
+        let _ = (run_id, after, limit);
+        Ok(None)
+    }
 
     /// Records the intent to cancel `run_id`, whether or not the run exists yet. Idempotent.
     async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()>;

@@ -73,5 +73,5 @@ pub use engine::{CancelOutcome, Engine, StartRequest, Started, MAX_IDEMPOTENCY_K
 pub use error::{EngineError, EngineResult};
 pub use metrics::EngineMetrics;
 pub use registry::Registry;
-pub use resume::{EventStream, MetaFrame, Resume};
+pub use resume::{Chunk, EventStream, FramedStream, MetaFrame, Resume};
 pub use runnable::{ComponentInfo, RunFailure, RunOutput, Runnable};

@@ -14,8 +14,8 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord, RunStatus,
-    Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+    CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
+    RunStatus, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
 };
 
 /// A snapshot of an engine's counters, since it opened.
@@ -213,6 +213,21 @@ impl Store for CountingStore {
             .events_read
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(events)
+    }
+
+    async fn read_event_frames(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<Frames>> {
+        let frames = self.inner.read_event_frames(run_id, after, limit).await?;
+        if let Some(frames) = &frames {
+            self.counters
+                .events_read
+                .fetch_add(frames.count, Ordering::Relaxed);
+        }
+        Ok(frames)
     }
 
     async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {

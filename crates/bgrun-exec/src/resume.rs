@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bgrun_buffer::{Batch, Subscription};
-use bgrun_core::{Event, RunId, RunStatus};
+use bgrun_core::{Event, Frames, RunId, RunStatus, Store, StoreError, StoreResult};
 use futures::future::BoxFuture;
 use futures::Stream;
 use serde_json::{json, Value};
@@ -16,6 +16,9 @@ use crate::error::{EngineError, EngineResult};
 
 /// How many events one store read takes.
 const STORE_PAGE: usize = 4096;
+/// How many store pages are read ahead of the one being delivered: each read decodes on a
+/// blocking thread of its own, so a replay's reads use more than one core.
+const READ_AHEAD: usize = 2;
 /// How many events one read from memory takes.
 const MEMORY_BATCH: usize = 2048;
 
@@ -203,8 +206,71 @@ pub struct EventStream {
     ready: VecDeque<Event>,
     done: bool,
     idle_polls: u32,
-    ahead: Option<ReadAhead>,
-    pending: Option<BoxFuture<'static, (FetchState, EngineResult<Vec<Event>>)>>,
+    ahead: VecDeque<ReadAhead>,
+    /// Whether pages the store keeps as frames are taken as frames ([`FramedStream`]).
+    frames: bool,
+    pending: Option<BoxFuture<'static, (FetchState, EngineResult<Chunk>)>>,
+}
+
+/// What a [`FramedStream`] gives at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Events, in order (from memory, or from a store that keeps no frames).
+    Events(Vec<Event>),
+    /// Consecutive events as their frames, as the store keeps them.
+    Frames(Frames),
+}
+
+impl Chunk {
+    /// Whether it holds no event (the stream has ended).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Events(events) => events.is_empty(),
+            Self::Frames(frames) => frames.is_empty(),
+        }
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        match self {
+            Self::Events(events) => events.first().map(Event::index),
+            Self::Frames(frames) => (!frames.is_empty()).then_some(frames.first_index),
+        }
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        match self {
+            Self::Events(events) => events.last().map(Event::index),
+            Self::Frames(frames) => frames.last_index(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Events(events) => events.len() as u64,
+            Self::Frames(frames) => frames.count,
+        }
+    }
+}
+
+/// An [`EventStream`] that takes what the store keeps as frames as frames: for a consumer that
+/// sends server-sent events, which then sends them as they are.
+#[derive(Debug)]
+pub struct FramedStream(EventStream);
+
+impl FramedStream {
+    /// The index of the next event this stream yields.
+    pub fn position(&self) -> u64 {
+        self.0.next
+    }
+
+    /// Waits for the next events or frames (an empty chunk once the stream has ended).
+    ///
+    /// Cancel-safe, as [`EventStream::next_batch`].
+    pub async fn next_chunk(&mut self) -> EngineResult<Chunk> {
+        futures::future::poll_fn(|cx| self.0.poll_chunk(cx))
+            .await
+            .unwrap_or_else(|| Ok(Chunk::Events(Vec::new())))
+    }
 }
 
 impl std::fmt::Debug for EventStream {
@@ -218,10 +284,7 @@ impl std::fmt::Debug for EventStream {
 }
 
 /// A store page being read ahead: the index it starts at, and the read.
-type ReadAhead = (
-    u64,
-    tokio::task::JoinHandle<bgrun_core::StoreResult<Vec<Event>>>,
-);
+type ReadAhead = (u64, tokio::task::JoinHandle<StoreResult<Chunk>>);
 
 /// What a fetch needs and hands back.
 struct FetchState {
@@ -231,7 +294,8 @@ struct FetchState {
     subscription: Option<Subscription>,
     done: bool,
     idle_polls: u32,
-    ahead: Option<ReadAhead>,
+    ahead: VecDeque<ReadAhead>,
+    frames: bool,
 }
 
 impl EventStream {
@@ -245,9 +309,16 @@ impl EventStream {
             ready: VecDeque::new(),
             done: false,
             idle_polls: 0,
-            ahead: None,
+            ahead: VecDeque::new(),
+            frames: false,
             pending: None,
         }
+    }
+
+    /// This stream, taking what the store keeps as frames as frames.
+    pub fn framed(mut self) -> FramedStream {
+        self.frames = true;
+        FramedStream(self)
     }
 
     fn empty(engine: Engine, run_id: RunId) -> Self {
@@ -274,9 +345,24 @@ impl EventStream {
 
     /// Polls for every event that is ready, at least one; `None` once the stream has ended.
     fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<EngineResult<Vec<Event>>>> {
+        Poll::Ready(match futures::ready!(self.poll_chunk(cx)) {
+            Some(Ok(Chunk::Events(events))) => Some(Ok(events)),
+            // Only a `FramedStream` asks for frames, and it reads them with `next_chunk`.
+            Some(Ok(Chunk::Frames(_))) => Some(Err(StoreError::backend(
+                format!("reading run {}", self.run_id),
+                "frames where events were asked for",
+            )
+            .into())),
+            Some(Err(error)) => Some(Err(error)),
+            None => None,
+        })
+    }
+
+    /// Polls for what is ready, at least one event; `None` once the stream has ended.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<EngineResult<Chunk>>> {
         loop {
             if !self.ready.is_empty() {
-                return Poll::Ready(Some(Ok(self.ready.drain(..).collect())));
+                return Poll::Ready(Some(Ok(Chunk::Events(self.ready.drain(..).collect()))));
             }
             if self.pending.is_none() {
                 if self.done {
@@ -292,12 +378,12 @@ impl EventStream {
             self.pending = None;
             self.restore(state);
             match result {
-                Ok(events) if events.is_empty() => {
+                Ok(chunk) if chunk.is_empty() => {
                     if self.done {
                         return Poll::Ready(None);
                     }
                 }
-                Ok(events) => return Poll::Ready(Some(Ok(events))),
+                Ok(chunk) => return Poll::Ready(Some(Ok(chunk))),
                 Err(error) => return Poll::Ready(Some(Err(error))),
             }
         }
@@ -311,7 +397,8 @@ impl EventStream {
             subscription: self.subscription.take(),
             done: self.done,
             idle_polls: self.idle_polls,
-            ahead: self.ahead.take(),
+            ahead: std::mem::take(&mut self.ahead),
+            frames: self.frames,
         }
     }
 
@@ -325,11 +412,11 @@ impl EventStream {
 }
 
 /// Fetches the next batch: from memory, from the store where memory lacks it, and tells the end.
-async fn fetch(mut state: FetchState) -> (FetchState, EngineResult<Vec<Event>>) {
+async fn fetch(mut state: FetchState) -> (FetchState, EngineResult<Chunk>) {
     let result = fetch_inner(&mut state).await;
-    if let Ok(events) = &result {
-        if let Some(last) = events.last() {
-            state.next = last.index() + 1;
+    if let Ok(chunk) = &result {
+        if let Some(last) = chunk.last_index() {
+            state.next = last + 1;
         }
     }
     if result.is_err() {
@@ -338,28 +425,52 @@ async fn fetch(mut state: FetchState) -> (FetchState, EngineResult<Vec<Event>>) 
     (state, result)
 }
 
-async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
+/// At most `limit` events after `after` from the store: as frames when `frames` is asked for
+/// and the store keeps them so.
+async fn read_page(
+    store: &dyn Store,
+    run_id: &RunId,
+    after: Option<u64>,
+    limit: usize,
+    frames: bool,
+) -> StoreResult<Chunk> {
+    if frames {
+        if let Some(frames) = store.read_event_frames(run_id, after, limit).await? {
+            return Ok(Chunk::Frames(frames));
+        }
+    }
+    Ok(Chunk::Events(
+        store.read_events(run_id, after, limit).await?,
+    ))
+}
+
+async fn fetch_inner(state: &mut FetchState) -> EngineResult<Chunk> {
     let store = state.engine.inner.store.clone();
     loop {
         if state.done {
-            return Ok(Vec::new());
+            return Ok(Chunk::Events(Vec::new()));
         }
         if let Some(subscription) = state.subscription.as_mut() {
             subscription.seek(state.next);
             match subscription.next_batch(MEMORY_BATCH).await {
-                Batch::Events(events) => return Ok(events),
+                Batch::Events(events) => return Ok(Chunk::Events(events)),
                 Batch::Evicted { from, to } => {
                     let limit = ((to - from) as usize).min(STORE_PAGE);
-                    let events = store
-                        .read_events(&state.run_id, from.checked_sub(1), limit)
-                        .await?;
-                    if events.first().map(Event::index) != Some(from) {
-                        return Err(EngineError::Store(bgrun_core::StoreError::backend(
+                    let chunk = read_page(
+                        &*store,
+                        &state.run_id,
+                        from.checked_sub(1),
+                        limit,
+                        state.frames,
+                    )
+                    .await?;
+                    if chunk.first_index() != Some(from) {
+                        return Err(EngineError::Store(StoreError::backend(
                             format!("reading run {} from {from}", state.run_id),
                             "the store lacks events that left memory",
                         )));
                     }
-                    return Ok(events);
+                    return Ok(chunk);
                 }
                 Batch::End => {
                     // The log is closed; anything past it (a log taken out of memory) is in the
@@ -371,41 +482,57 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Vec<Event>> {
         }
         // Watch before reading, so that a notification after the read is not missed.
         let mut changed = state.engine.inner.remote.watch(&state.run_id);
-        let ahead = match state.ahead.take() {
-            Some((from, read)) if from == state.next => read.await.ok(),
-            _ => None,
-        };
-        let events = match ahead {
-            // A read ahead that found nothing was made before the watch above: what was
-            // stored and announced since would be waited for in vain. Read again.
-            Some(Ok(events)) if !events.is_empty() => events,
-            Some(Err(error)) => return Err(error.into()),
-            _ => {
-                store
-                    .read_events(&state.run_id, state.next.checked_sub(1), STORE_PAGE)
-                    .await?
+        let ahead = loop {
+            match state.ahead.pop_front() {
+                Some((from, read)) if from == state.next => break read.await.ok(),
+                // Made for a place the stream has not come to: this and those after it.
+                Some((_, read)) => read.abort(),
+                None => break None,
             }
         };
-        if let Some(last) = events.last().filter(|_| events.len() == STORE_PAGE) {
-            // A full page: the next one is read while this one is delivered.
-            let (store, run_id, after) = (store.clone(), state.run_id.clone(), last.index());
-            let read =
-                tokio::spawn(
-                    async move { store.read_events(&run_id, Some(after), STORE_PAGE).await },
-                );
-            state.ahead = Some((after + 1, read));
+        let chunk = match ahead {
+            // A read ahead that found nothing was made before the watch above: what was
+            // stored and announced since would be waited for in vain. Read again.
+            Some(Ok(chunk)) if !chunk.is_empty() => chunk,
+            Some(Err(error)) => return Err(error.into()),
+            _ => {
+                read_page(
+                    &*store,
+                    &state.run_id,
+                    state.next.checked_sub(1),
+                    STORE_PAGE,
+                    state.frames,
+                )
+                .await?
+            }
+        };
+        if let Some(last) = chunk
+            .last_index()
+            .filter(|_| chunk.len() == STORE_PAGE as u64)
+        {
+            // A full page: the next ones are read while this one is delivered.
+            let page = STORE_PAGE as u64;
+            let mut after = state.ahead.back().map_or(last, |(from, _)| from + page - 1);
+            while state.ahead.len() < READ_AHEAD {
+                let (store, run_id, frames) = (store.clone(), state.run_id.clone(), state.frames);
+                let read = tokio::spawn(async move {
+                    read_page(&*store, &run_id, Some(after), STORE_PAGE, frames).await
+                });
+                state.ahead.push_back((after + 1, read));
+                after += page;
+            }
         }
-        if !events.is_empty() {
+        if !chunk.is_empty() {
             state.idle_polls = 0;
-            return Ok(events);
+            return Ok(chunk);
         }
         let Some(run) = store.get_run(&state.run_id).await? else {
             state.done = true;
-            return Ok(Vec::new());
+            return Ok(Chunk::Events(Vec::new()));
         };
         if run.has_completed() && state.next >= run.event_count() {
             state.done = true;
-            return Ok(Vec::new());
+            return Ok(Chunk::Events(Vec::new()));
         }
         if let Some(subscription) = state
             .engine

@@ -1,6 +1,6 @@
-//! Server-sent events, framed exactly as the contract says, written straight from each event's
-//! stored JSON (never re-serialised) and batched: every event ready at once goes out in one
-//! body chunk.
+//! Server-sent events, framed exactly as the contract says (`Event::push_frame`), written
+//! straight from each event's stored JSON (never re-serialised) and batched: every event ready at
+//! once goes out in one body chunk. Events a store keeps as frames go out as it read them.
 //!
 //! ```text
 //! id: <event_index>
@@ -10,29 +10,19 @@
 //! ```
 //! Meta frames have no `id:` line; `: keepalive` follows a quiet spell.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bgrun_core::{Event, RunId, RunKind};
-use bgrun_exec::{Engine, EventStream, MetaFrame};
+use bgrun_exec::{Chunk, Engine, EventStream, FramedStream, MetaFrame};
 use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
-
-/// Appends one event's frame.
-pub(crate) fn push_event(out: &mut Vec<u8>, event: &Event) {
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(itoa::Buffer::new().format(event.index()).as_bytes());
-    out.extend_from_slice(b"\nevent: ");
-    out.extend_from_slice(event.event_type().as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(event.json().as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
 
 /// Appends one meta frame.
 pub(crate) fn push_meta(out: &mut Vec<u8>, frame: &MetaFrame) {
@@ -112,7 +102,9 @@ struct State {
     prefix: Option<Bytes>,
     run_id: RunId,
     terminal: [&'static str; 3],
-    events: Option<EventStream>,
+    events: Option<FramedStream>,
+    /// Frames a store read, to send before reading on.
+    frames: VecDeque<Bytes>,
     guard: Option<CancelOnDrop>,
     keepalive: Duration,
     shutdown: CancellationToken,
@@ -131,6 +123,9 @@ impl State {
         if let Some(prefix) = self.prefix.take() {
             return Some(prefix);
         }
+        if let Some(frames) = self.frames.pop_front() {
+            return Some(frames);
+        }
         if self.done {
             return None;
         }
@@ -145,8 +140,8 @@ impl State {
                 self.finish();
                 return None;
             }
-            // `next_batch` is cancel-safe: a keepalive does not lose a read in flight.
-            next = tokio::time::timeout(self.keepalive, events.next_batch()) => match next {
+            // `next_chunk` is cancel-safe: a keepalive does not lose a read in flight.
+            next = tokio::time::timeout(self.keepalive, events.next_chunk()) => match next {
                 Err(_) => return Some(Bytes::from_static(KEEPALIVE)),
                 Ok(Ok(batch)) if batch.is_empty() => {
                     self.finish();
@@ -156,7 +151,13 @@ impl State {
             },
         };
         let batch = match batch {
-            Ok(batch) => batch,
+            Ok(Chunk::Events(batch)) => batch,
+            // The run's end comes as the end of the stream (the store has no more and the run
+            // ended), after its terminal event.
+            Ok(Chunk::Frames(frames)) => {
+                self.frames.extend(frames.chunks);
+                return Some(self.frames.pop_front().unwrap_or_default());
+            }
             Err(error) => {
                 let mut out = Vec::new();
                 let data =
@@ -167,13 +168,10 @@ impl State {
             }
         };
         // Every frame is written once, into a buffer sized for all of them.
-        let size: usize = batch
-            .iter()
-            .map(|event| event.json().len() + event.event_type().len() + 40)
-            .sum();
+        let size: usize = batch.iter().map(Event::frame_len).sum();
         let mut out = Vec::with_capacity(size);
         for event in &batch {
-            push_event(&mut out, event);
+            event.push_frame(&mut out);
             if self.terminal.contains(&event.event_type()) && event.run_id_is(&self.run_id) {
                 self.finish();
                 break;
@@ -221,7 +219,8 @@ impl SseStream {
             prefix: (!prefix.is_empty()).then(|| Bytes::from(prefix)),
             run_id: self.run_id,
             terminal,
-            events: self.events,
+            events: self.events.map(EventStream::framed),
+            frames: VecDeque::new(),
             guard: self.guard,
             keepalive: self.keepalive,
             shutdown: self.shutdown,
@@ -279,7 +278,7 @@ mod tests {
             &serde_json::Map::new(),
         );
         let mut out = Vec::new();
-        push_event(&mut out, &event);
+        event.push_frame(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id: 4\nevent: RunContent\ndata: {\"event\":\"RunContent\",\"run_id\":\"r\",\"session_id\":\"s\",\"created_at\":1,\"event_index\":4}\n\n"

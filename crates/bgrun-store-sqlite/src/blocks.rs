@@ -6,16 +6,17 @@
 //! position. An append is cut into blocks of at most [`MAX_BLOCK_BYTES`] of events, each stored
 //! in one of two ways (the `codec` column, [`Codec`]):
 //!
-//! - LZ4-compressed text, when compression makes the block smaller (nearly always: a run's
-//!   events repeat its ids and field names; a 100,000-event `ticker` run's 20.7 MB of events
-//!   take 1.1 MB). The text is each event's type and JSON, each preceded by its length in bytes
-//!   in decimal and a colon:
+//! - LZ4-compressed frames, when the events' frames are lines (`Event::frames_as_lines`: every
+//!   event the engine makes) and compression makes the block smaller (nearly always: a run's
+//!   events repeat its ids and field names). The text is the events' server-sent-event frames,
+//!   exactly as a stream sends them (`Event::push_frame`):
 //!
 //!   ```text
-//!   10:RunStarted123:{"event":"RunStarted",...}10:RunContent...
+//!   id: 0\nevent: RunStarted\ndata: {"event":"RunStarted",...}\n\nid: 1\nevent: ...
 //!   ```
 //!
-//!   A block's text is checked as UTF-8 once, and the events read from it share it
+//!   A replay sends a block's frames as they are ([`push_frames`]), with no event decoded.
+//!   Read as events, a block's text is checked as UTF-8 once and its events share it
 //!   ([`Event::from_shared`]): no allocation or copy per event.
 //! - Plain bytes otherwise (and in every block written before migration 5): each part preceded
 //!   by its length as a 4-byte big-endian integer (which migration 4 writes in plain SQL:
@@ -40,8 +41,8 @@ pub(crate) const MAX_BLOCK_BYTES: usize = 32 * 1024;
 pub(crate) enum Codec {
     /// The encoded events as they are (every block written before migration 5).
     Plain,
-    /// The events as text ([`encode_text`]) compressed as one LZ4 block, its length first (4
-    /// bytes, little-endian: `lz4_flex::block::compress_prepend_size`).
+    /// The events' frames ([`encode_frames`]) compressed as one LZ4 block, their length first
+    /// (4 bytes, little-endian: `lz4_flex::block::compress_prepend_size`).
     Lz4,
 }
 
@@ -93,12 +94,12 @@ pub(crate) fn blocks(events: &[Event]) -> StoreResult<Vec<Block>> {
             .max(1);
         let (these, after) = rest.split_at(len);
         rest = after;
-        let compressed = lz4_flex::block::compress_prepend_size(encode_text(these).as_bytes());
+        let compressed =
+            encode_frames(these).map(|frames| lz4_flex::block::compress_prepend_size(&frames));
         let plain = encode(these)?;
-        let (codec, body) = if compressed.len() < plain.len() {
-            (Codec::Lz4, compressed)
-        } else {
-            (Codec::Plain, plain)
+        let (codec, body) = match compressed {
+            Some(compressed) if compressed.len() < plain.len() => (Codec::Lz4, compressed),
+            _ => (Codec::Plain, plain),
         };
         blocks.push(Block {
             first_index: first.index(),
@@ -133,70 +134,118 @@ pub(crate) fn encode(events: &[Event]) -> StoreResult<Vec<u8>> {
     Ok(body)
 }
 
-/// The text of `events`, uncompressed: each part preceded by its length and a colon.
-pub(crate) fn encode_text(events: &[Event]) -> String {
-    let size = events.iter().map(|event| encoded_len(event) + 4).sum();
-    let mut text = String::with_capacity(size);
+/// The frames of `events`, uncompressed; `None` if one's frame is not lines.
+pub(crate) fn encode_frames(events: &[Event]) -> Option<Vec<u8>> {
+    if !events.iter().all(Event::frames_as_lines) {
+        return None;
+    }
+    let mut frames = Vec::with_capacity(events.iter().map(Event::frame_len).sum());
     for event in events {
-        for part in [event.event_type(), event.json()] {
-            text.push_str(itoa::Buffer::new().format(part.len()));
-            text.push(':');
-            text.push_str(part);
-        }
+        event.push_frame(&mut frames);
     }
-    text
+    Some(frames)
 }
 
-/// Reads stored blocks; keeps the buffer that compressed ones are expanded into from one block
-/// to the next.
-#[derive(Debug, Default)]
-pub(crate) struct Decoder {
-    expanded: Vec<u8>,
-}
-
-impl Decoder {
-    /// Reads the events of a block that starts at `first_index`, appending to `out` those after
-    /// `after` until `out` holds `limit`.
-    pub(crate) fn decode(
-        &mut self,
-        first_index: u64,
-        codec: Codec,
-        body: &[u8],
-        after: Option<u64>,
-        limit: usize,
-        out: &mut Vec<Event>,
-    ) -> StoreResult<()> {
-        match codec {
-            Codec::Plain => decode(first_index, body, after, limit, out),
-            Codec::Lz4 => {
-                self.expand(first_index, body)?;
-                let text =
-                    std::str::from_utf8(&self.expanded).map_err(|_| malformed(first_index))?;
-                decode_text(first_index, &Arc::from(text), after, limit, out)
-            }
+/// Reads the events of a stored block that starts at `first_index`, appending to `out` those
+/// after `after` until `out` holds `limit`.
+pub(crate) fn decode(
+    first_index: u64,
+    codec: Codec,
+    body: &[u8],
+    after: Option<u64>,
+    limit: usize,
+    out: &mut Vec<Event>,
+) -> StoreResult<()> {
+    match codec {
+        Codec::Plain => decode_plain(first_index, body, after, limit, out),
+        Codec::Lz4 => {
+            let text = String::from_utf8(expand(first_index, body)?)
+                .map_err(|_| malformed(first_index))?;
+            decode_frames(first_index, &Arc::from(text), after, limit, out)
         }
     }
+}
 
-    fn expand(&mut self, first_index: u64, body: &[u8]) -> StoreResult<()> {
-        let (len, compressed) =
-            lz4_flex::block::uncompressed_size(body).map_err(|_| malformed(first_index))?;
-        // LZ4 expands at most 255 to 1: a larger length is a damaged block, not one to
-        // allocate for.
-        if len > compressed.len().saturating_mul(255).saturating_add(16) {
-            return Err(malformed(first_index));
+/// Appends to `page` the frames of the events of a stored block (`first_index..=last_index`)
+/// after `after`, at most `limit` of them; returns how many. An LZ4 block is expanded straight
+/// into `page` and looked through only where the events asked for start or stop inside it: no
+/// event is decoded.
+pub(crate) fn push_frames(
+    page: &mut Vec<u8>,
+    block: (u64, u64),
+    codec: Codec,
+    body: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<usize> {
+    let (first_index, last_index) = block;
+    if codec == Codec::Plain {
+        let mut events = Vec::new();
+        decode_plain(first_index, body, after, limit, &mut events)?;
+        for event in &events {
+            event.push_frame(page);
         }
-        self.expanded.clear();
-        self.expanded.resize(len, 0);
-        match lz4_flex::block::decompress_into(compressed, &mut self.expanded) {
-            Ok(written) if written == len => Ok(()),
-            _ => Err(malformed(first_index)),
+        return Ok(events.len());
+    }
+    let skip = after.map_or(0, |after| {
+        after.saturating_add(1).saturating_sub(first_index)
+    });
+    let left = last_index
+        .checked_sub(first_index)
+        .and_then(|span| span.checked_add(1))
+        .and_then(|count| count.checked_sub(skip))
+        .ok_or_else(|| malformed(first_index))?;
+    let take = left.min(limit as u64);
+    let base = page.len();
+    expand_into(page, first_index, body)?;
+    let text = page.get(base..).ok_or_else(|| malformed(first_index))?;
+    std::str::from_utf8(text).map_err(|_| malformed(first_index))?;
+    // The block's own frames: its first one is `first_index`'s, and its text ends a frame.
+    if !text.starts_with(format!("id: {first_index}\n").as_bytes()) || !text.ends_with(b"\n\n") {
+        return Err(malformed(first_index));
+    }
+    let start = match skip {
+        0 => 0,
+        _ => frame_ends(text, 0, skip).ok_or_else(|| malformed(first_index))?,
+    };
+    if take < left {
+        let end = frame_ends(text, start, take).ok_or_else(|| malformed(first_index))?;
+        page.truncate(base + end);
+    }
+    page.drain(base..base + start);
+    Ok(take as usize)
+}
+
+/// The text of an LZ4 block.
+fn expand(first_index: u64, body: &[u8]) -> StoreResult<Vec<u8>> {
+    let mut text = Vec::new();
+    expand_into(&mut text, first_index, body)?;
+    Ok(text)
+}
+
+/// Appends the text of an LZ4 block to `out`.
+fn expand_into(out: &mut Vec<u8>, first_index: u64, body: &[u8]) -> StoreResult<()> {
+    let (len, compressed) =
+        lz4_flex::block::uncompressed_size(body).map_err(|_| malformed(first_index))?;
+    // LZ4 expands at most 255 to 1: a larger length is a damaged block, not one to allocate
+    // for.
+    if len > compressed.len().saturating_mul(255).saturating_add(16) {
+        return Err(malformed(first_index));
+    }
+    let base = out.len();
+    out.resize(base + len, 0);
+    match lz4_flex::block::decompress_into(compressed, &mut out[base..]) {
+        Ok(written) if written == len => Ok(()),
+        _ => {
+            out.truncate(base);
+            Err(malformed(first_index))
         }
     }
 }
 
 /// Reads the events of an uncompressed block that starts at `first_index`, appending to `out`
 /// those after `after` until `out` holds `limit`.
-fn decode(
+fn decode_plain(
     first_index: u64,
     body: &[u8],
     after: Option<u64>,
@@ -226,9 +275,22 @@ fn decode(
     Ok(())
 }
 
-/// Reads the events of a block's text ([`encode_text`]) that starts at `first_index`,
+/// Where the `count`th frame from `from` ends in a text of frames; `None` if it has fewer.
+///
+/// Each frame's lines hold no line break of their own, so each frame ends at its one `\n\n`.
+fn frame_ends(text: &[u8], from: usize, count: u64) -> Option<usize> {
+    let Some(nth) = count.checked_sub(1) else {
+        return Some(from);
+    };
+    let rest = text.get(from..)?;
+    let nth = usize::try_from(nth).ok()?;
+    let end = memchr::memmem::find_iter(rest, b"\n\n").nth(nth)?;
+    Some(from + end + 2)
+}
+
+/// Reads the events of a block's frames ([`encode_frames`]) that start at `first_index`,
 /// appending to `out` those after `after` until `out` holds `limit`; they share `text`.
-fn decode_text(
+fn decode_frames(
     first_index: u64,
     text: &Arc<str>,
     after: Option<u64>,
@@ -239,8 +301,17 @@ fn decode_text(
     let mut index = first_index;
     let mut last_type: Option<Arc<str>> = None;
     while at < text.len() && out.len() < limit {
-        let type_range = text_part(text, &mut at, index)?;
-        let json_range = text_part(text, &mut at, index)?;
+        let id = line(text, &mut at, "id: ", index)?;
+        if text.get(id) != Some(itoa::Buffer::new().format(index)) {
+            return Err(malformed(index));
+        }
+        let type_range = line(text, &mut at, "event: ", index)?;
+        let json_range = line(text, &mut at, "data: ", index)?;
+        // The blank line that ends the frame.
+        let blank = line(text, &mut at, "", index)?;
+        if !blank.is_empty() {
+            return Err(malformed(index));
+        }
         // Events at or before `after` are stepped over unread.
         if after.is_none_or(|after| index > after) {
             let event_type = text.get(type_range).ok_or_else(|| malformed(index))?;
@@ -258,29 +329,19 @@ fn decode_text(
     Ok(())
 }
 
-/// The range of the part at `at` in a block's text (its decimal length and a colon, then
-/// itself), moving `at` past it.
-fn text_part(text: &str, at: &mut usize, index: u64) -> StoreResult<Range<usize>> {
-    let rest = text.as_bytes().get(*at..).ok_or_else(|| malformed(index))?;
-    // No length has more than 20 digits (u64::MAX).
-    let colon = rest
-        .iter()
-        .take(21)
-        .position(|&byte| byte == b':')
-        .filter(|&colon| colon > 0)
-        .ok_or_else(|| malformed(index))?;
-    let len = rest[..colon].iter().try_fold(0_usize, |len, &digit| {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        len.checked_mul(10)?.checked_add(usize::from(digit - b'0'))
-    });
-    let start = *at + colon + 1;
-    let end = len
-        .and_then(|len| start.checked_add(len))
-        .filter(|&end| end <= text.len())
-        .ok_or_else(|| malformed(index))?;
-    *at = end;
+/// The range of the value of the line at `at` that starts with `name` (up to its `\n`), moving
+/// `at` to the next line.
+fn line(text: &str, at: &mut usize, name: &str, index: u64) -> StoreResult<Range<usize>> {
+    let rest = text.get(*at..).ok_or_else(|| malformed(index))?;
+    if !rest.starts_with(name) {
+        return Err(malformed(index));
+    }
+    let len = rest.find('\n').ok_or_else(|| malformed(index))?;
+    let (start, end) = (*at + name.len(), *at + len);
+    if end < start {
+        return Err(malformed(index));
+    }
+    *at = end + 1;
     Ok(start..end)
 }
 
@@ -311,6 +372,7 @@ fn part(bytes: &[u8], index: u64) -> StoreResult<(&[u8], &[u8])> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use bgrun_core::Frames;
 
     fn event(index: u64, event_type: &str, json: &str) -> Event {
         Event::from_parts(index, event_type, json)
@@ -318,13 +380,12 @@ mod tests {
 
     /// Reads back every block of `blocks` after `after`, up to `limit` events.
     fn read(blocks: &[Block], after: Option<u64>, limit: usize) -> StoreResult<Vec<Event>> {
-        let mut decoder = Decoder::default();
         let mut out = Vec::new();
         for block in blocks {
             if after.is_some_and(|after| block.last_index <= after) {
                 continue;
             }
-            decoder.decode(
+            decode(
                 block.first_index,
                 block.codec,
                 &block.body,
@@ -346,23 +407,16 @@ mod tests {
         let body = encode(&events).unwrap();
         assert!(body.starts_with(b"\0\0\0\x0aRunStarted\0\0\0\x0c{\"a\":\"\xc3\xa9:1\"}"));
 
-        let mut decoder = Decoder::default();
         let mut out = Vec::new();
-        decoder
-            .decode(7, Codec::Plain, &body, None, 100, &mut out)
-            .unwrap();
+        decode(7, Codec::Plain, &body, None, 100, &mut out).unwrap();
         assert_eq!(out, events);
 
         let mut out = Vec::new();
-        decoder
-            .decode(7, Codec::Plain, &body, Some(7), 1, &mut out)
-            .unwrap();
+        decode(7, Codec::Plain, &body, Some(7), 1, &mut out).unwrap();
         assert_eq!(out, events[1..2]);
 
         let mut out = vec![events[0].clone()];
-        decoder
-            .decode(7, Codec::Plain, &body, Some(8), 100, &mut out)
-            .unwrap();
+        decode(7, Codec::Plain, &body, Some(8), 100, &mut out).unwrap();
         assert_eq!(out, [events[0].clone(), events[2].clone()]);
     }
 
@@ -429,9 +483,7 @@ mod tests {
             b"\0\0\0\x01\xff\0\0\0\x02{}".as_slice(),
         ] {
             let mut out = Vec::new();
-            let error = Decoder::default()
-                .decode(0, Codec::Plain, broken, None, 10, &mut out)
-                .unwrap_err();
+            let error = decode(0, Codec::Plain, broken, None, 10, &mut out).unwrap_err();
             assert!(error.to_string().contains("malformed"), "{error}");
         }
 
@@ -450,38 +502,112 @@ mod tests {
             &claims_less[..],
         ] {
             let mut out = Vec::new();
-            let error = Decoder::default()
-                .decode(0, Codec::Lz4, broken, None, 1_000, &mut out)
-                .unwrap_err();
+            let error = decode(0, Codec::Lz4, broken, None, 1_000, &mut out).unwrap_err();
             assert!(error.to_string().contains("malformed"), "{error}");
         }
     }
 
+    /// The frames of the blocks' events after `after`, at most `limit`, as a read gives them.
+    fn frames_of(blocks: &[Block], after: Option<u64>, limit: usize) -> (Vec<u8>, usize) {
+        let (mut out, mut count) = (Vec::new(), 0);
+        for block in blocks {
+            if after.is_some_and(|after| block.last_index <= after) || count == limit {
+                continue;
+            }
+            count += push_frames(
+                &mut out,
+                (block.first_index, block.last_index),
+                block.codec,
+                &block.body,
+                after,
+                limit - count,
+            )
+            .unwrap();
+        }
+        (out, count)
+    }
+
     #[test]
-    fn a_malformed_block_text_is_an_error() {
-        let good = encode_text(&[event(0, "RunStarted", "{\"a\":\"é\"}")]);
-        assert_eq!(good, "10:RunStarted10:{\"a\":\"é\"}");
+    fn a_block_gives_the_frames_of_its_events_as_they_are_sent() {
+        let events: Vec<Event> = (0..2_000)
+            .map(|index| {
+                let json = format!(r#"{{"event":"RunContent","event_index":{index}}}"#);
+                event(index, "RunContent", &json)
+            })
+            .collect();
+        let blocks = blocks(&events).unwrap();
+        assert!(blocks.len() > 2);
+        assert!(blocks.iter().all(|block| block.codec == Codec::Lz4));
+        for (after, limit) in [
+            (None, usize::MAX),
+            (None, 1),
+            (Some(0), 3),
+            (Some(700), 900),
+        ] {
+            let first = after.map_or(0, |after| after as usize + 1);
+            let expected = &events[first..first.saturating_add(limit).min(events.len())];
+            let (got, count) = frames_of(&blocks, after, limit);
+            assert_eq!(count, expected.len());
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(Frames::of(expected).to_vec()).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn events_whose_frames_are_not_lines_are_stored_plain_and_framed_when_read() {
+        let events = vec![
+            event(0, "RunStarted", "{\"a\":\n1}"),
+            event(1, "RunContent", "{}"),
+        ];
+        let blocks = blocks(&events).unwrap();
+        assert_eq!(blocks[0].codec, Codec::Plain);
+        assert_eq!(read(&blocks, None, 10).unwrap(), events);
+        assert_eq!(
+            frames_of(&blocks, Some(0), 10).0,
+            Frames::of(&events[1..]).to_vec()
+        );
+    }
+
+    #[test]
+    fn a_malformed_block_of_frames_is_an_error() {
+        let good = encode_frames(&[event(0, "RunStarted", "{\"a\":\"é\"}")]).unwrap();
+        assert_eq!(
+            good,
+            "id: 0\nevent: RunStarted\ndata: {\"a\":\"é\"}\n\n".as_bytes()
+        );
         for broken in [
-            "10:RunStarted",
-            "10:RunStarted11:{\"a\":\"é\"}",
-            "10:RunStarted9:{\"a\":\"é\"}",
-            "10:RunStarted:{}",
-            "1x:RunStarted2:{}",
-            "99999999999999999999999:RunStarted2:{}",
-            "RunStarted2:{}",
+            "id: 0\nevent: RunStarted\ndata: {}\n",
+            "id: 0\nevent: RunStarted\ndata: {}",
+            "id: 1\nevent: RunStarted\ndata: {}\n\n",
+            "id: 0\ndata: {}\n\n",
+            "id: 0\nevent: RunStarted\ndata: {}\nx\n",
+            "event: RunStarted\ndata: {}\n\n",
         ] {
             let body = lz4_flex::block::compress_prepend_size(broken.as_bytes());
             let mut out = Vec::new();
-            let error = Decoder::default()
-                .decode(0, Codec::Lz4, &body, None, 10, &mut out)
-                .unwrap_err();
-            assert!(error.to_string().contains("malformed"), "{broken}: {error}");
+            let error = decode(0, Codec::Lz4, &body, None, 10, &mut out).unwrap_err();
+            assert!(
+                error.to_string().contains("malformed"),
+                "{broken:?}: {error}"
+            );
         }
-        let not_utf8 = lz4_flex::block::compress_prepend_size(b"1:A2:\xff}");
+        let not_utf8 = lz4_flex::block::compress_prepend_size(b"id: 0\nevent: A\ndata: \xff\n\n");
         let mut out = Vec::new();
-        let error = Decoder::default()
-            .decode(0, Codec::Lz4, &not_utf8, None, 10, &mut out)
-            .unwrap_err();
+        let error = decode(0, Codec::Lz4, &not_utf8, None, 10, &mut out).unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
+        let error =
+            push_frames(&mut Vec::new(), (0, 0), Codec::Lz4, &not_utf8, None, 10).unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
+        // Frames of a block whose text does not start with its first event's.
+        let shifted = lz4_flex::block::compress_prepend_size(&good);
+        let error =
+            push_frames(&mut Vec::new(), (5, 5), Codec::Lz4, &shifted, None, 10).unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
+        // A block claiming more events than its text holds.
+        let error =
+            push_frames(&mut Vec::new(), (0, 3), Codec::Lz4, &shifted, Some(1), 1).unwrap_err();
         assert!(error.to_string().contains("malformed"), "{error}");
     }
 

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bgrun_core::{Event, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult};
+use bgrun_core::{Event, Frames, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult};
+use bytes::Bytes;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use tokio::sync::Semaphore;
@@ -183,34 +184,103 @@ pub(crate) fn read_events(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    // No `LIMIT`: SQLite prepares a statement with a bound `LIMIT` anew for each value (the
-    // planner uses it), and the rows are stepped through only until `limit` events are read.
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT first_index, codec, body FROM event_blocks \
-             WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND last_index > ?2 \
-             ORDER BY last_index",
-        )
+        .prepare_cached(BLOCKS_AFTER)
         .map_err(sql("preparing an event read"))?;
     let mut rows = stmt
         .query(params![run_id.as_str(), after])
         .map_err(sql("reading events"))?;
     let after = u64::try_from(after).ok();
     let mut events = Vec::with_capacity(limit.min(4096));
-    let mut decoder = blocks::Decoder::default();
     while events.len() < limit {
         let Some(row) = rows.next().map_err(sql("reading events"))? else {
             break;
         };
-        let (first_index, codec, body) = row
-            .get(0)
-            .and_then(|first| index_from_sql(first, 0))
-            .and_then(|first| Ok((first, row.get(1)?, row.get_ref(2)?.as_blob()?)))
-            .map_err(sql("reading events"))?;
-        let codec = blocks::Codec::from_sql(codec)?;
-        decoder.decode(first_index, codec, body, after, limit, &mut events)?;
+        let (first, _, codec, body) = block_row(row)?;
+        blocks::decode(first, codec, body, after, limit, &mut events)?;
     }
     Ok(events)
+}
+
+/// The blocks of run `?1` holding events after index `?2`, in order. No `LIMIT`: SQLite
+/// prepares a statement with a bound `LIMIT` anew for each value (the planner uses it), and the
+/// rows are stepped through only as far as a read needs.
+const BLOCKS_AFTER: &str = "SELECT first_index, last_index, codec, body FROM event_blocks \
+     WHERE run_seq = (SELECT seq FROM runs WHERE run_id = ?1) AND last_index > ?2 \
+     ORDER BY last_index";
+
+/// A row of [`BLOCKS_AFTER`]: the block's first and last index, codec and body.
+fn block_row<'row>(
+    row: &'row rusqlite::Row<'_>,
+) -> StoreResult<(u64, u64, blocks::Codec, &'row [u8])> {
+    let read = || -> rusqlite::Result<_> {
+        let first = index_from_sql(row.get(0)?, 0)?;
+        let last = index_from_sql(row.get(1)?, 1)?;
+        Ok((
+            first,
+            last,
+            row.get::<_, i64>(2)?,
+            row.get_ref(3)?.as_blob()?,
+        ))
+    };
+    let (first, last, codec, body) = read().map_err(sql("reading events"))?;
+    Ok((first, last, blocks::Codec::from_sql(codec)?, body))
+}
+
+/// The size past which a read's frames go on in a new chunk: a few large writes rather than one
+/// per block, in buffers the allocator keeps for reuse (a buffer of megabytes is mapped and
+/// zeroed by the kernel anew each time).
+const FRAMES_CHUNK: usize = 192 * 1024;
+
+/// `Store::read_event_frames`: what [`read_events`] reads, as frames.
+pub(crate) fn read_event_frames(
+    conn: &Connection,
+    run_id: &RunId,
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<Frames> {
+    let first_index = after.map_or(0, |after| after.saturating_add(1));
+    let mut frames = Frames {
+        first_index,
+        ..Frames::default()
+    };
+    let Some(after_sql) = after.map_or(Some(-1), |after| i64::try_from(after).ok()) else {
+        // No stored index is that large.
+        return Ok(frames);
+    };
+    if limit == 0 {
+        return Ok(frames);
+    }
+    let mut stmt = conn
+        .prepare_cached(BLOCKS_AFTER)
+        .map_err(sql("preparing an event read"))?;
+    let mut rows = stmt
+        .query(params![run_id.as_str(), after_sql])
+        .map_err(sql("reading events"))?;
+    let mut page = Vec::with_capacity(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
+    let mut read = 0;
+    while read < limit {
+        let Some(row) = rows.next().map_err(sql("reading events"))? else {
+            break;
+        };
+        let (first, last, codec, body) = block_row(row)?;
+        if read == 0 {
+            // As `read_events`: the first event stored after `after`.
+            frames.first_index = first.max(first_index);
+        }
+        read += blocks::push_frames(&mut page, (first, last), codec, body, after, limit - read)?;
+        if page.len() >= FRAMES_CHUNK {
+            let next = Vec::with_capacity(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
+            frames
+                .chunks
+                .push(Bytes::from(std::mem::replace(&mut page, next)));
+        }
+    }
+    frames.count = read as u64;
+    if !page.is_empty() {
+        frames.chunks.push(Bytes::from(page));
+    }
+    Ok(frames)
 }
 
 /// `Store::cancel_requested`.

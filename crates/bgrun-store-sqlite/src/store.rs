@@ -12,8 +12,9 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
-    Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome, MAX_PAGE_SIZE,
+    async_trait, CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter, RunId, RunPage,
+    RunRecord, Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
+    MAX_PAGE_SIZE,
 };
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
@@ -206,6 +207,19 @@ impl Store for SqliteStore {
         self.readers
             .with(move |conn| reader::read_events(conn, &run_id, after, limit))
             .await
+    }
+
+    async fn read_event_frames(
+        &self,
+        run_id: &RunId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<Frames>> {
+        let run_id = run_id.clone();
+        self.readers
+            .with(move |conn| reader::read_event_frames(conn, &run_id, after, limit))
+            .await
+            .map(Some)
     }
 
     async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()> {

@@ -4,8 +4,8 @@ use std::fmt::{Debug, Display};
 use std::ops::Range;
 
 use bgrun_core::{
-    CreateOutcome, Envelope, Event, NewRun, RunFilter, RunId, RunKind, RunRecord, RunStatus,
-    RunTarget, SessionId, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+    CreateOutcome, Envelope, Event, Frames, NewRun, RunFilter, RunId, RunKind, RunRecord,
+    RunStatus, RunTarget, SessionId, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
 };
 use serde_json::{Map, Value};
 
@@ -257,6 +257,42 @@ pub(crate) async fn read_all(
 }
 
 /// `Ok` when `actual` is exactly `expected` (indices, types and JSON text).
+/// For a store that keeps its events as frames: `read_event_frames(id, after, limit)` is the
+/// frames of `expected` (what `read_events` gives for the same arguments), exactly.
+pub(crate) async fn expect_frames(
+    store: &dyn Store,
+    id: &RunId,
+    after: Option<u64>,
+    limit: usize,
+    expected: &[Event],
+) -> CheckResult {
+    let what = format!("read_event_frames({id}, after {after:?}, limit {limit})");
+    let Some(frames) = store
+        .read_event_frames(id, after, limit)
+        .await
+        .succeeds(&what)?
+    else {
+        return Ok(());
+    };
+    let want = Frames::of(expected);
+    ensure!(
+        frames.count == want.count && (want.is_empty() || frames.first_index == want.first_index),
+        "{what}: expected {} events from index {}, got {} from index {}",
+        want.count,
+        want.first_index,
+        frames.count,
+        frames.first_index
+    );
+    let (got, want) = (frames.to_vec(), want.to_vec());
+    ensure!(
+        got == want,
+        "{what}: expected the frames\n{}\ngot\n{}",
+        String::from_utf8_lossy(&want),
+        String::from_utf8_lossy(&got)
+    );
+    Ok(())
+}
+
 pub(crate) fn expect_events(
     what: impl Display,
     actual: &[Event],

@@ -31,13 +31,13 @@ pub use bgrun_buffer::LogConfig;
 /// For implementing [`Runnable`] and [`Store`].
 pub use bgrun_core::async_trait;
 pub use bgrun_core::{
-    CancellationStage, Event, ParamSpec, RunFilter, RunId, RunKind, RunPage, RunRecord, RunStatus,
-    RunTarget, SessionId, Store, StoreError,
+    CancellationStage, Event, Frames, ParamSpec, RunFilter, RunId, RunKind, RunPage, RunRecord,
+    RunStatus, RunTarget, SessionId, Store, StoreError,
 };
 pub use bgrun_exec::{
-    demo, workflow, CancelOutcome, ChildRun, ComponentInfo, Engine, EngineConfig, EngineError,
-    EventStream, MetaFrame, Registry, Resume, RunContext, RunFailure, RunOutput, Runnable,
-    StartRequest, Started,
+    demo, workflow, CancelOutcome, ChildRun, Chunk, ComponentInfo, Engine, EngineConfig,
+    EngineError, EventStream, FramedStream, MetaFrame, Registry, Resume, RunContext, RunFailure,
+    RunOutput, Runnable, StartRequest, Started,
 };
 
 /// The layers, for what the re-exports above leave out.

@@ -7,8 +7,8 @@ use futures::future::join_all;
 use tokio::sync::Barrier;
 
 use crate::support::{
-    apply, create_running, ensure, event, events, expect_eq, expect_events, fail, get, indices,
-    new_run, read_all, run_id, terminal_event, transition, CheckResult, Succeeds, T0,
+    apply, create_running, ensure, event, events, expect_eq, expect_events, expect_frames, fail,
+    get, indices, new_run, read_all, run_id, terminal_event, transition, CheckResult, Succeeds, T0,
 };
 
 /// Appends in batches of varied sizes, then reads after every index (`None`, 0, 1, ... and
@@ -78,6 +78,7 @@ pub async fn append_and_read(store: Arc<dyn Store>) -> CheckResult {
                 &got,
                 expected,
             )?;
+            expect_frames(store, &run.run_id, after, limit, expected).await?;
         }
     }
     for page in [1usize, 3, 7, 1000] {
@@ -329,6 +330,11 @@ pub async fn large_log(store: Arc<dyn Store>) -> CheckResult {
         &middle,
         &all[54_321..55_321],
     )?;
+    for (after, limit) in [(None, 4_096), (Some(4_095), 4_096), (Some(54_320), 1_000)] {
+        let first = after.map_or(0, |after| after as usize + 1);
+        expect_frames(store, &run.run_id, after, limit, &all[first..first + limit]).await?;
+    }
+    expect_frames(store, &run.run_id, None, usize::MAX, &all).await?;
     let end = [terminal_event(&run, LARGE, RunStatus::Completed)];
     apply(
         store,
@@ -337,14 +343,16 @@ pub async fn large_log(store: Arc<dyn Store>) -> CheckResult {
         &end,
     )
     .await?;
+    let last = [all[LARGE as usize - 1].clone(), end[0].clone()];
     expect_events(
         "read_events(run-large) after its terminal event",
         &store
             .read_events(&run.run_id, Some(LARGE - 2), 10)
             .await
             .succeeds("read_events(run-large, after 99998)")?,
-        &[all[LARGE as usize - 1].clone(), end[0].clone()],
-    )
+        &last,
+    )?;
+    expect_frames(store, &run.run_id, Some(LARGE - 2), 10, &last).await
 }
 
 /// How many runs [`append_races`] and [`concurrent_writers`] write to.
