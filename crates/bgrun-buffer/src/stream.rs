@@ -32,6 +32,18 @@ impl StreamState {
             .and_then(|offset| self.events.get(offset as usize))
     }
 
+    /// Copies of the events held in `from..to` (as many as are held there), in order.
+    pub(crate) fn copy_range(&self, from: u64, to: u64) -> Vec<Event> {
+        let offset = |index: u64| {
+            usize::try_from(index.saturating_sub(self.base))
+                .unwrap_or(usize::MAX)
+                .min(self.events.len())
+        };
+        let (start, end) = (offset(from), offset(to));
+        // Exactly sized: no growing and copying of the batch as it is filled.
+        self.events.range(start..end.max(start)).cloned().collect()
+    }
+
     /// Drops durable events from the front until `held_bytes <= max_bytes` or only `keep` remain;
     /// returns the bytes freed. Events not yet durable never leave memory.
     pub(crate) fn trim(&mut self, max_bytes: usize, keep: usize) -> usize {

@@ -78,9 +78,7 @@ impl Subscription {
                     let end = state
                         .durable
                         .min(self.next.saturating_add(max.max(1) as u64));
-                    let batch: Vec<Event> = (self.next..end)
-                        .filter_map(|index| state.get(index).cloned())
-                        .collect();
+                    let batch = state.copy_range(self.next, end);
                     self.next = end;
                     self.durable_rx.mark_unchanged();
                     return Batch::Events(batch);

@@ -36,10 +36,12 @@ impl Event {
 
     /// The length of its frame in bytes.
     pub fn frame_len(&self) -> usize {
-        FRAME_OVERHEAD
-            + itoa::Buffer::new().format(self.index()).len()
-            + self.event_type().len()
-            + self.json().len()
+        // The digits of the index, counted rather than written.
+        let digits = self
+            .index()
+            .checked_ilog10()
+            .map_or(1, |log| log as usize + 1);
+        FRAME_OVERHEAD + digits + self.event_type().len() + self.json().len()
     }
 
     /// Whether its frame is one `id:`, one `event:` and one `data:` line: neither its type nor
@@ -116,6 +118,12 @@ mod tests {
         );
         assert_eq!((frames.first_index, frames.count), (3, 2));
         assert_eq!(frames.last_index(), Some(4));
+        for index in [0, 9, 10, 99, 100, 12_345, u64::MAX] {
+            let event = Event::from_parts(index, "A", "{}");
+            let mut out = Vec::new();
+            event.push_frame(&mut out);
+            assert_eq!(event.frame_len(), out.len(), "{index}");
+        }
         assert!(Frames::default().is_empty());
         assert_eq!(Frames::default().last_index(), None);
         assert!(events[1].frames_as_lines());
