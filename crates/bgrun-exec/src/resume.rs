@@ -543,6 +543,11 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Chunk> {
             // store lacks: taking it again and again would read the store in a busy loop.
             .filter(|subscription| !subscription.is_closed())
         {
+            // Memory holds what follows: reads ahead in the store are of no use, and would
+            // keep what they read as long as the stream lives.
+            for (_, read) in state.ahead.drain(..) {
+                read.abort();
+            }
             state.subscription = Some(subscription);
             continue;
         }

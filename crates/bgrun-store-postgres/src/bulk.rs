@@ -517,13 +517,12 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
 /// A batch of creates: one autocommit statement that inserts the runs and reads their cancel
 /// intents.
 ///
-/// `request_cancel` records an intent and then notifies. The statement reads the intents
-/// committed before it began; one committed since was committed by a cancel that found no run
-/// (ours was not committed yet), and its notification, sent on that commit, reaches this
-/// store's listener, and through it the engine, which keeps a cancel of a run it has not
-/// launched yet for that run's launch. (A read after the `INSERT` committed, or a transaction
-/// and a lock around the two, would cost more statements of each create's round trip, and
-/// decide nothing more.)
+/// `request_cancel` records an intent and notifies in the same transaction. The statement reads
+/// the intents committed before it began; the notification of one committed since is sent on
+/// that commit and reaches this store's listener, and through it the engine, which cancels the
+/// run if it is executing and otherwise keeps the cancel for the run's launch. (A read after the
+/// `INSERT` committed, or a transaction and a lock around the two, would cost more statements
+/// of each create's round trip, and decide nothing more.)
 async fn creates(inner: &Inner, client: &Object, fast: &[Queued]) -> Pipelined {
     match creates_pipeline(inner, client, fast).await {
         Ok(pipelined) => pipelined,

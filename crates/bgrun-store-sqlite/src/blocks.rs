@@ -198,22 +198,60 @@ pub(crate) fn push_frames(
     let take = left.min(limit as u64);
     let base = page.len();
     expand_into(page, first_index, body)?;
-    let text = page.get(base..).ok_or_else(|| malformed(first_index))?;
-    std::str::from_utf8(text).map_err(|_| malformed(first_index))?;
-    // The block's own frames: its first one is `first_index`'s, and its text ends a frame.
-    if !text.starts_with(format!("id: {first_index}\n").as_bytes()) || !text.ends_with(b"\n\n") {
-        return Err(malformed(first_index));
+    match frames_in(
+        page.get(base..).unwrap_or_default(),
+        block,
+        skip,
+        take,
+        left,
+    ) {
+        Ok((start, end)) => {
+            page.truncate(base + end);
+            page.drain(base..base + start);
+            Ok(take as usize)
+        }
+        Err(()) => {
+            page.truncate(base);
+            Err(malformed(first_index))
+        }
     }
+}
+
+/// Where, in the text of a block of frames, the `take` frames after the first `skip` start
+/// and end; checks the text is UTF-8 and holds the block's own frames (its first and last
+/// ones are `block`'s first and last index's, and it ends a frame).
+fn frames_in(
+    text: &[u8],
+    (first_index, last_index): (u64, u64),
+    skip: u64,
+    take: u64,
+    left: u64,
+) -> Result<(usize, usize), ()> {
+    std::str::from_utf8(text).map_err(|_| ())?;
+    let last_start =
+        match memchr::memmem::rfind(text.get(..text.len().saturating_sub(2)).ok_or(())?, b"\n\n") {
+            Some(end) => end + 2,
+            None => 0,
+        };
+    let own = text.starts_with(format!("id: {first_index}\n").as_bytes())
+        && text.ends_with(b"\n\n")
+        && text
+            .get(last_start..)
+            .is_some_and(|last| last.starts_with(format!("id: {last_index}\n").as_bytes()));
+    if !own {
+        return Err(());
+    }
+    // Only a block a page starts or stops inside is looked through.
     let start = match skip {
         0 => 0,
-        _ => frame_ends(text, 0, skip).ok_or_else(|| malformed(first_index))?,
+        _ => frame_ends(text, 0, skip).ok_or(())?,
     };
-    if take < left {
-        let end = frame_ends(text, start, take).ok_or_else(|| malformed(first_index))?;
-        page.truncate(base + end);
-    }
-    page.drain(base..base + start);
-    Ok(take as usize)
+    let end = if take < left {
+        frame_ends(text, start, take).ok_or(())?
+    } else {
+        text.len()
+    };
+    Ok((start, end))
 }
 
 /// The text of an LZ4 block.
@@ -605,6 +643,18 @@ mod tests {
         let error =
             push_frames(&mut Vec::new(), (5, 5), Codec::Lz4, &shifted, None, 10).unwrap_err();
         assert!(error.to_string().contains("malformed"), "{error}");
+        // A block claiming fewer events than its text holds; what was in the page stays.
+        let two = encode_frames(&[event(0, "A", "{}"), event(1, "B", "{}")]).unwrap();
+        let two = lz4_flex::block::compress_prepend_size(&two);
+        let mut page = b"kept".to_vec();
+        let error = push_frames(&mut page, (0, 0), Codec::Lz4, &two, None, 10).unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
+        assert_eq!(page, b"kept");
+        push_frames(&mut page, (0, 1), Codec::Lz4, &two, None, 10).unwrap();
+        assert_eq!(
+            page,
+            b"keptid: 0\nevent: A\ndata: {}\n\nid: 1\nevent: B\ndata: {}\n\n"
+        );
         // A block claiming more events than its text holds.
         let error =
             push_frames(&mut Vec::new(), (0, 3), Codec::Lz4, &shifted, Some(1), 1).unwrap_err();

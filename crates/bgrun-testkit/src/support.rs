@@ -256,7 +256,6 @@ pub(crate) async fn read_all(
     }
 }
 
-/// `Ok` when `actual` is exactly `expected` (indices, types and JSON text).
 /// For a store that keeps its events as frames: `read_event_frames(id, after, limit)` is the
 /// frames of `expected` (what `read_events` gives for the same arguments), exactly.
 pub(crate) async fn expect_frames(
@@ -293,6 +292,7 @@ pub(crate) async fn expect_frames(
     Ok(())
 }
 
+/// `Ok` when `actual` is exactly `expected` (indices, types and JSON text).
 pub(crate) fn expect_events(
     what: impl Display,
     actual: &[Event],
