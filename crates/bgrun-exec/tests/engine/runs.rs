@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use bgrun_core::{
-    CancellationStage, Event, NewRun, RunId, RunKind, RunStatus, RunTarget, Transition,
+    CancellationStage, Event, Frames, NewRun, RunId, RunKind, RunStatus, RunTarget, Transition,
 };
-use bgrun_exec::{EngineConfig, EngineError, MetaFrame, StartRequest};
+use bgrun_exec::{Chunk, EngineConfig, EngineError, MetaFrame, StartRequest};
 use futures::StreamExt;
 
 use crate::fixture::*;
@@ -488,6 +488,28 @@ async fn a_reopened_store_replays_a_finished_run_exactly(backend: Backend) {
     ));
     let replayed: Vec<Event> = resume.events.map(|event| event.unwrap()).collect().await;
     assert_eq!(replayed, original[50..]);
+
+    // As an SSE stream takes it: the store's frames where it keeps them (SQLite), else events;
+    // either way exactly the frames of the same events.
+    let mut framed = engine.events(&run.run_id, Some(49)).framed();
+    let (mut sent, mut stored_frames) = (Vec::new(), 0);
+    loop {
+        match framed.next_chunk().await.unwrap() {
+            chunk if chunk.is_empty() => break,
+            Chunk::Events(events) => events.iter().for_each(|event| event.push_frame(&mut sent)),
+            Chunk::Frames(frames) => {
+                stored_frames += frames.count;
+                sent.extend_from_slice(&frames.to_vec());
+            }
+        }
+    }
+    assert_eq!(
+        String::from_utf8(sent).unwrap(),
+        String::from_utf8(Frames::of(&original[50..]).to_vec()).unwrap()
+    );
+    assert_eq!(framed.position(), 102);
+    let keeps_frames = matches!(backend, Backend::Sqlite(_));
+    assert_eq!(stored_frames, if keeps_frames { 52 } else { 0 });
 }
 
 async fn an_engine_takes_over_what_a_dead_process_left(backend: Backend) {
