@@ -96,10 +96,11 @@ pub(crate) fn blocks(events: &[Event]) -> StoreResult<Vec<Block>> {
         rest = after;
         let compressed =
             encode_frames(these).map(|frames| lz4_flex::block::compress_prepend_size(&frames));
-        let plain = encode(these)?;
+        // The plain body is made only when it is what is stored: its length is known before.
+        let plain_len: usize = these.iter().map(encoded_len).sum();
         let (codec, body) = match compressed {
-            Some(compressed) if compressed.len() < plain.len() => (Codec::Lz4, compressed),
-            _ => (Codec::Plain, plain),
+            Some(compressed) if compressed.len() < plain_len => (Codec::Lz4, compressed),
+            _ => (Codec::Plain, encode(these)?),
         };
         blocks.push(Block {
             first_index: first.index(),
