@@ -8,10 +8,21 @@ use rusqlite::types::Type;
 use rusqlite::Row;
 use serde_json::{Map, Value};
 
+/// The columns [`run_from_row`] reads, in its order, as a literal (for `concat!`).
+macro_rules! run_columns {
+    () => {
+        "run_id, session_id, user_id, kind, component_id, parent_run_id, status, input, params, \
+         content, error, cancellation_stage, metadata, created_at, updated_at, last_event_index, \
+         seq"
+    };
+}
+
 /// The columns [`run_from_row`] reads, in its order.
-pub(crate) const RUN_COLUMNS: &str = "run_id, session_id, user_id, kind, component_id, \
-     parent_run_id, status, input, params, content, error, cancellation_stage, metadata, \
-     created_at, updated_at, last_event_index, seq";
+pub(crate) const RUN_COLUMNS: &str = run_columns!();
+
+/// One run by its id, as [`run_from_row`] reads it.
+pub(crate) const SELECT_RUN: &str =
+    concat!("SELECT ", run_columns!(), " FROM runs WHERE run_id = ?1");
 
 /// [`RUN_COLUMNS`] qualified with the table alias `r`.
 pub(crate) const RUN_COLUMNS_R: &str = "r.run_id, r.session_id, r.user_id, r.kind, \

@@ -1,9 +1,10 @@
 //! The SQL of each write, run by the writer thread inside the batch transaction.
 //!
 //! Every write checks whatever can refuse it before it changes a row: a refused write has
-//! written nothing (the writer relies on it). The common case costs one statement per write plus
-//! one insert per event: the status and the event index are both checked by the `WHERE` of the
-//! `UPDATE` that moves them. Only a write that is refused reads the run again, to say why.
+//! written nothing (the writer relies on it). The writer's transaction holds the database's
+//! write lock, so a write reads the run, checks its status and log end, then updates the row by
+//! its rowid: two statements plus one insert per block of events, and a refusal is explained
+//! from the same read.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use crate::blocks;
 use crate::codec::{
-    index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS, SEQ_COLUMN,
+    index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS, SELECT_RUN, SEQ_COLUMN,
 };
 
 fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -197,28 +198,9 @@ pub(crate) fn append(
     events: &[Event],
     now_secs: Timestamp,
 ) -> StoreResult<()> {
-    if let Some((expected_last, new_last)) = expected_and_new_last(events)? {
-        // Applied only to a live run whose log ends right before `events`.
-        let seq = conn
-            .prepare_cached(
-                "UPDATE runs SET last_event_index = ?1, updated_at = MAX(updated_at, ?2) \
-                 WHERE run_id = ?3 AND status IN ('PENDING', 'RUNNING', 'PAUSED') \
-                 AND last_event_index IS ?4 RETURNING seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![new_last, now_secs, run_id.as_str(), expected_last],
-                    |row| row.get::<_, i64>(0),
-                )
-                .optional()
-            })
-            .map_err(sql("moving a run's last event index"))?;
-        if let Some(seq) = seq {
-            return insert_events(conn, seq, events);
-        }
-    }
-    // Refused, empty, or not consecutive: say why (or accept an empty append to a live run).
-    let (_, status, last) = log_state(conn, run_id)?;
+    // Indexes beyond SQLite's integers are refused before anything is read.
+    let new_last = expected_and_new_last(events)?.map(|(_, new_last)| new_last);
+    let (seq, status, last) = log_state(conn, run_id)?;
     if status.is_terminal() {
         return Err(StoreError::RunEnded {
             run_id: run_id.clone(),
@@ -226,16 +208,24 @@ pub(crate) fn append(
         });
     }
     explain_refusal(run_id, last, events)?;
-    if events.is_empty() {
+    let Some(new_last) = new_last else {
+        // Empty: nothing to write to a live run.
         return Ok(());
-    }
-    Err(StoreError::backend(
-        "appending events",
-        format!("run {run_id} refused events that fit its log"),
-    ))
+    };
+    conn.prepare_cached(
+        "UPDATE runs SET last_event_index = ?1, updated_at = MAX(updated_at, ?2) WHERE seq = ?3",
+    )
+    .and_then(|mut stmt| stmt.execute(params![new_last, now_secs, seq]))
+    .map_err(sql("moving a run's last event index"))?;
+    insert_events(conn, seq, events)
 }
 
 /// `Store::transition`.
+///
+/// The run is read, checked, then updated by its rowid: the writer's transaction holds the
+/// database's write lock, so nothing changes the row in between. An `UPDATE .. RETURNING`
+/// would do it in one statement, but SQLite buffers what `RETURNING` returns in a temporary
+/// b-tree opened and closed on every execution, which cost more than the read.
 pub(crate) fn transition(
     conn: &Connection,
     run_id: &RunId,
@@ -243,57 +233,57 @@ pub(crate) fn transition(
     events: &[Event],
 ) -> StoreResult<TransitionOutcome> {
     transition.from.check_transition(transition.to)?;
-    let fits = expected_and_new_last(events)?;
-    if events.is_empty() || fits.is_some() {
-        // The compare-and-set, of the status and (with events) of the log's end, in one
-        // statement. `?9` is 1 when there are no events: the log is then left as it is.
-        let (expected_last, new_last) = match fits {
-            Some((expected, new_last)) => (expected, Some(new_last)),
-            None => (None, None),
-        };
-        let updated = conn
-            .prepare_cached(&format!(
-                "UPDATE runs SET status = ?1, updated_at = ?2, \
-                 content = COALESCE(?3, content), error = COALESCE(?4, error), \
-                 cancellation_stage = COALESCE(?5, cancellation_stage), \
-                 last_event_index = COALESCE(?8, last_event_index) \
-                 WHERE run_id = ?6 AND status = ?7 AND (?9 OR last_event_index IS ?10) \
-                 RETURNING {RUN_COLUMNS}"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![
-                        transition.to.as_str(),
-                        transition.at,
-                        transition.content,
-                        transition.error,
-                        transition.cancellation_stage.map(|stage| stage.as_str()),
-                        run_id.as_str(),
-                        transition.from.as_str(),
-                        new_last,
-                        events.is_empty(),
-                        expected_last,
-                    ],
-                    |row| Ok((run_from_row(row)?, row.get::<_, i64>(SEQ_COLUMN)?)),
-                )
-                .optional()
+    // Indexes beyond SQLite's integers are refused before anything is read.
+    let new_last = expected_and_new_last(events)?.map(|(_, new_last)| new_last);
+    let found = conn
+        .prepare_cached(SELECT_RUN)
+        .and_then(|mut stmt| {
+            stmt.query_row([run_id.as_str()], |row| {
+                Ok((run_from_row(row)?, row.get::<_, i64>(SEQ_COLUMN)?))
             })
-            .map_err(sql("updating a run's status"))?;
-        if let Some((record, seq)) = updated {
-            insert_events(conn, seq, events)?;
-            return Ok(TransitionOutcome::Applied(Box::new(record)));
-        }
+            .optional()
+        })
+        .map_err(sql("reading a run"))?;
+    let (mut run, seq) = found.ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+    // The status is compared first, as the loser of a race must learn it.
+    if run.status != transition.from {
+        return Ok(TransitionOutcome::Conflict { actual: run.status });
     }
-    // Refused: say why. The status is compared first, as the loser of a race must learn it.
-    let (_, status, last) = log_state(conn, run_id)?;
-    if status != transition.from {
-        return Ok(TransitionOutcome::Conflict { actual: status });
+    explain_refusal(run_id, run.last_event_index, events)?;
+    conn.prepare_cached(
+        "UPDATE runs SET status = ?1, updated_at = ?2, content = COALESCE(?3, content), \
+         error = COALESCE(?4, error), cancellation_stage = COALESCE(?5, cancellation_stage), \
+         last_event_index = COALESCE(?6, last_event_index) WHERE seq = ?7",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            transition.to.as_str(),
+            transition.at,
+            transition.content,
+            transition.error,
+            transition.cancellation_stage.map(|stage| stage.as_str()),
+            new_last,
+            seq,
+        ])
+    })
+    .map_err(sql("updating a run's status"))?;
+    insert_events(conn, seq, events)?;
+    // The row as the UPDATE left it.
+    run.status = transition.to;
+    run.updated_at = transition.at;
+    if let Some(content) = &transition.content {
+        run.content = Some(content.clone());
     }
-    explain_refusal(run_id, last, events)?;
-    Err(StoreError::backend(
-        "changing a run's status",
-        format!("run {run_id} refused a transition that fits it"),
-    ))
+    if let Some(error) = &transition.error {
+        run.error = Some(error.clone());
+    }
+    if let Some(stage) = transition.cancellation_stage {
+        run.cancellation_stage = Some(stage);
+    }
+    if let Some(last) = events.last() {
+        run.last_event_index = Some(last.index());
+    }
+    Ok(TransitionOutcome::Applied(Box::new(run)))
 }
 
 /// `Store::request_cancel`: the first intent's time is kept.

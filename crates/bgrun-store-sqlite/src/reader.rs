@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::blocks;
 use crate::codec::{
     decode_cursor, encode_cursor, index_from_sql, run_from_row, RUN_COLUMNS, RUN_COLUMNS_R,
-    SEQ_COLUMN,
+    SELECT_RUN, SEQ_COLUMN,
 };
 use crate::ops::now_millis;
 use crate::schema;
@@ -95,7 +95,7 @@ impl Readers {
 
 /// `Store::get_run`.
 pub(crate) fn get_run(conn: &Connection, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
-    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
+    conn.prepare_cached(SELECT_RUN)
         .and_then(|mut stmt| stmt.query_row([run_id.as_str()], run_from_row).optional())
         .map_err(sql("reading a run"))
 }
