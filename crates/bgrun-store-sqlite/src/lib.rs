@@ -31,7 +31,9 @@
 //!   fails alone while the rest of its batch commits.
 //! - A run's events are stored a block per append (one row for all the events of one write), so
 //!   a replay reads a few rows where it would read one per event.
-//! - Reads run on a small pool of read-only connections on tokio's blocking pool.
+//! - Reads run on a small pool of read-only connections on tokio's blocking pool. `get_run`
+//!   first looks in the records the writer last committed (up to 16 MiB of them): as the file's
+//!   only writer, the store knows them to be current.
 //! - Durable streams live in the same file: a row per stream, its messages keyed by (stream,
 //!   offset), its idempotent producers; their writes share the writer's group commit.
 //! - One process per file: a lock on `<path>.lock`, held until the store is dropped, makes a
@@ -44,6 +46,7 @@ mod codec;
 mod lock;
 mod ops;
 mod reader;
+mod recent;
 mod schema;
 mod store;
 mod streams;

@@ -20,6 +20,7 @@ use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reader::{self, Readers};
+use crate::recent::{self, RecentRuns};
 use crate::streams;
 use crate::writer::{self, Command, Reply, WriterStats};
 
@@ -38,6 +39,7 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     stats: Arc<WriterStats>,
+    recent: Arc<RecentRuns>,
 }
 
 /// How much the writer thread has done: `commands / batches` is the group-commit factor.
@@ -66,8 +68,11 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         let stats = Arc::new(WriterStats::default());
-        let (commands, writer) = writer::spawn(path.clone(), Arc::clone(&stats)).await?;
+        let recent = Arc::new(RecentRuns::new(recent::DEFAULT_BYTES));
+        let (commands, writer) =
+            writer::spawn(path.clone(), Arc::clone(&stats), Arc::clone(&recent)).await?;
         Ok(Self {
+            recent,
             readers: Arc::new(Readers::new(path.clone())),
             path,
             commands: Some(commands),
@@ -148,6 +153,9 @@ impl Store for SqliteStore {
     }
 
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
+        if let Some(run) = self.recent.get(run_id) {
+            return Ok(Some(run));
+        }
         let run_id = run_id.clone();
         self.readers
             .with(move |conn| reader::get_run(conn, &run_id))

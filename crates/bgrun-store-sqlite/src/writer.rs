@@ -23,14 +23,15 @@ use bgrun_core::stream::{
     StreamId,
 };
 use bgrun_core::{
-    now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Timestamp,
-    Transition, TransitionOutcome,
+    now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunRecord, StoreError, StoreResult,
+    Timestamp, Transition, TransitionOutcome,
 };
 use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lock::FileLock;
+use crate::recent::RecentRuns;
 use crate::{ops, schema, streams};
 
 /// The most commands one transaction takes.
@@ -204,7 +205,27 @@ fn send<T>(reply: Reply<T>, result: StoreResult<T>, failed_commit: Option<&str>)
     let _ = reply.send(result);
 }
 
+impl Command {
+    /// The run whose record this command may change (its status, log end or times).
+    fn changed_run(&self) -> Option<&RunId> {
+        match self {
+            Self::Append { run_id, .. } | Self::Transition { run_id, .. } => Some(run_id),
+            // A create changes no existing record: a taken id or key refuses it.
+            _ => None,
+        }
+    }
+}
+
 impl Done {
+    /// The record a committed command left, when it says.
+    fn committed_run(&self) -> Option<RunRecord> {
+        match self {
+            Self::Create(_, Ok(CreateOutcome::Created { run, .. })) => Some(run.clone()),
+            Self::Transition(_, Ok(TransitionOutcome::Applied(run))) => Some(RunRecord::clone(run)),
+            _ => None,
+        }
+    }
+
     /// Replies, turning a success into an error when the batch did not commit.
     fn send(self, failed_commit: Option<&str>) {
         match self {
@@ -234,6 +255,7 @@ pub(crate) struct WriterStats {
 pub(crate) async fn spawn(
     path: PathBuf,
     stats: Arc<WriterStats>,
+    recent: Arc<RecentRuns>,
 ) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>), StoreError> {
     let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -253,7 +275,7 @@ pub(crate) async fn spawn(
                     if ready_tx.send(Ok(())).is_err() {
                         return;
                     }
-                    let mut writer = Writer::new(conn, stats);
+                    let mut writer = Writer::new(conn, stats, recent);
                     let checkpointer = writer.checkpoint_on_its_own(&path);
                     writer.serve(receiver);
                     // Both connections are closed (the writer's in `serve`, which also let the
@@ -291,6 +313,8 @@ pub(crate) async fn spawn(
 pub(crate) struct Writer {
     conn: Connection,
     stats: Arc<WriterStats>,
+    /// The records it committed last, for `get_run` (see `recent.rs`).
+    recent: Arc<RecentRuns>,
     done: Vec<Done>,
     /// Asks the checkpointer thread for a checkpoint; `None`: SQLite checkpoints in commits.
     checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
@@ -301,10 +325,11 @@ pub(crate) struct Writer {
 struct Broken(String);
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, stats: Arc<WriterStats>) -> Self {
+    pub(crate) fn new(conn: Connection, stats: Arc<WriterStats>, recent: Arc<RecentRuns>) -> Self {
         Self {
             conn,
             stats,
+            recent,
             done: Vec::with_capacity(MAX_BATCH),
             checkpoints: None,
         }
@@ -361,6 +386,9 @@ impl Writer {
         self.stats
             .commands
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Until the commit, the runs this batch changes are read from the database.
+        self.recent
+            .forget(batch.iter().filter_map(Command::changed_run));
         let outcome = self.run_batch(batch);
         let failed = outcome.err().map(|Broken(why)| why);
         if let Some(why) = &failed {
@@ -369,6 +397,11 @@ impl Writer {
             for command in batch.drain(..) {
                 self.done.push(failed_command(command));
             }
+        }
+        if failed.is_none() {
+            // Before the replies: a caller told of its write finds it here.
+            self.recent
+                .remember(self.done.iter().filter_map(Done::committed_run));
         }
         for done in self.done.drain(..) {
             done.send(failed.as_deref());
@@ -577,7 +610,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = schema::open_writer(&dir.path().join("w.db")).unwrap();
         schema::migrate(&mut conn).unwrap();
-        (dir, Writer::new(conn, Arc::default()))
+        (
+            dir,
+            Writer::new(
+                conn,
+                Arc::default(),
+                Arc::new(RecentRuns::new(crate::recent::DEFAULT_BYTES)),
+            ),
+        )
     }
 
     fn new_run(id: &str) -> NewRun {

@@ -1,0 +1,260 @@
+//! The runs as the writer last committed them, so that `get_run` needs no read.
+//!
+//! The store is its file's only writer (the file lock), and every write that changes a run's
+//! record goes through the writer thread, so a record the writer committed stays true until the
+//! writer changes that run again. The writer keeps this cache exact:
+//!
+//! - before a batch runs, it forgets every run the batch may change: until the commit, callers
+//!   read those runs from the database (whatever they read there is true at the time they
+//!   read it);
+//! - after the commit, and before it replies, it remembers the records the batch's creates and
+//!   status changes produced. An append forgets its run until its next status change.
+//!
+//! A failed batch leaves its runs forgotten. The cache holds at most [`RecentRuns::new`]'s bytes
+//! (an estimate of each record's size), oldest remembered first out; a record larger than
+//! [`MAX_RECORD_BYTES`] is not kept.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bgrun_core::{RunId, RunRecord};
+use serde_json::Value;
+
+/// The default bound of the cache: the estimated bytes of the records it holds.
+pub(crate) const DEFAULT_BYTES: usize = 16 << 20;
+
+/// A record estimated larger than this is read from the database instead.
+pub(crate) const MAX_RECORD_BYTES: usize = 16 << 10;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct RecentRuns {
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: HashMap<RunId, Entry>,
+    /// The order records were remembered in, by their generation; an id whose entry has a
+    /// newer generation (or none) is stale and skipped.
+    order: VecDeque<(u64, RunId)>,
+    next_generation: u64,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    generation: u64,
+    bytes: usize,
+    run: Arc<RunRecord>,
+}
+
+impl RecentRuns {
+    /// An empty cache holding at most `max_bytes` of records.
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves no half-made change: each change is complete
+        // before the next statement.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The run as last committed, if it is held.
+    pub(crate) fn get(&self, run_id: &RunId) -> Option<RunRecord> {
+        let run = self
+            .lock()
+            .runs
+            .get(run_id)
+            .map(|entry| entry.run.clone())?;
+        Some(RunRecord::clone(&run))
+    }
+
+    /// Forgets runs about to change.
+    pub(crate) fn forget<'a>(&self, run_ids: impl IntoIterator<Item = &'a RunId>) {
+        let mut run_ids = run_ids.into_iter().peekable();
+        if run_ids.peek().is_none() {
+            return;
+        }
+        let mut inner = self.lock();
+        for run_id in run_ids {
+            if let Some(entry) = inner.runs.remove(run_id) {
+                inner.bytes -= entry.bytes;
+            }
+        }
+    }
+
+    /// Remembers committed records, evicting the oldest past the bound.
+    pub(crate) fn remember(&self, runs: impl IntoIterator<Item = RunRecord>) {
+        let mut runs = runs.into_iter().peekable();
+        if runs.peek().is_none() {
+            return;
+        }
+        let mut inner = self.lock();
+        for run in runs {
+            let bytes = record_bytes(&run);
+            if bytes > MAX_RECORD_BYTES || bytes > self.max_bytes {
+                if let Some(entry) = inner.runs.remove(&run.run_id) {
+                    inner.bytes -= entry.bytes;
+                }
+                continue;
+            }
+            let generation = inner.next_generation;
+            inner.next_generation += 1;
+            inner.order.push_back((generation, run.run_id.clone()));
+            let entry = Entry {
+                generation,
+                bytes,
+                run: Arc::new(run),
+            };
+            if let Some(old) = inner.runs.insert(entry.run.run_id.clone(), entry) {
+                inner.bytes -= old.bytes;
+            }
+            inner.bytes += bytes;
+        }
+        inner.evict(self.max_bytes);
+    }
+
+    /// How many records it holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().runs.len()
+    }
+}
+
+impl Inner {
+    fn evict(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((generation, run_id)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .runs
+                .get(&run_id)
+                .is_some_and(|entry| entry.generation == generation)
+            {
+                if let Some(entry) = self.runs.remove(&run_id) {
+                    self.bytes -= entry.bytes;
+                }
+            }
+        }
+        // Forgotten and re-remembered runs leave stale ids behind; drop them before they
+        // outnumber the live ones.
+        if self.order.len() > 2 * self.runs.len() + 1024 {
+            let runs = &self.runs;
+            self.order.retain(|(generation, run_id)| {
+                runs.get(run_id)
+                    .is_some_and(|entry| entry.generation == *generation)
+            });
+        }
+    }
+}
+
+/// An estimate of the memory a record holds.
+fn record_bytes(run: &RunRecord) -> usize {
+    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+    std::mem::size_of::<RunRecord>()
+        + run.input.len()
+        + run.target.component_id.len()
+        + text(&run.user_id)
+        + text(&run.content)
+        + text(&run.error)
+        + run
+            .params
+            .iter()
+            .map(|(key, value)| key.len() + value_bytes(value))
+            .sum::<usize>()
+        + run.metadata.as_ref().map_or(0, value_bytes)
+}
+
+fn value_bytes(value: &Value) -> usize {
+    let node = std::mem::size_of::<Value>();
+    node + match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| key.len() + value_bytes(value))
+            .sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bgrun_core::{NewRun, RunKind, RunStatus, RunTarget};
+
+    use super::*;
+
+    fn run(input: &str) -> RunRecord {
+        NewRun::new(RunTarget::new(RunKind::Agent, "echo"), input).into_record()
+    }
+
+    #[test]
+    fn a_remembered_run_is_given_until_forgotten() {
+        let recent = RecentRuns::new(DEFAULT_BYTES);
+        let mut record = run("hi");
+        recent.remember([record.clone()]);
+        assert_eq!(recent.get(&record.run_id), Some(record.clone()));
+
+        record.status = RunStatus::Running;
+        recent.remember([record.clone()]);
+        assert_eq!(
+            recent.get(&record.run_id).unwrap().status,
+            RunStatus::Running
+        );
+
+        recent.forget([&record.run_id]);
+        assert_eq!(recent.get(&record.run_id), None);
+        assert_eq!(recent.lock().bytes, 0);
+    }
+
+    #[test]
+    fn the_oldest_runs_go_first_past_the_bound() {
+        let one = record_bytes(&run("x"));
+        let recent = RecentRuns::new(4 * one);
+        let runs: Vec<RunRecord> = (0..5).map(|_| run("x")).collect();
+        // The first run remembered again (a status change) is younger than the second.
+        recent.remember([runs[0].clone(), runs[1].clone()]);
+        recent.remember([runs[0].clone()]);
+        recent.remember(runs[2..].iter().cloned());
+        assert_eq!(recent.len(), 4);
+        assert!(recent.lock().bytes <= 4 * one);
+        for (position, run) in runs.iter().enumerate() {
+            let held = recent.get(&run.run_id).is_some();
+            assert_eq!(held, position != 1, "run {position}");
+        }
+    }
+
+    #[test]
+    fn a_large_record_is_not_kept_and_its_older_version_goes() {
+        let recent = RecentRuns::new(DEFAULT_BYTES);
+        let mut record = run("hi");
+        recent.remember([record.clone()]);
+        record.content = Some("x".repeat(MAX_RECORD_BYTES));
+        recent.remember([record.clone()]);
+        assert_eq!(recent.get(&record.run_id), None);
+        assert_eq!(recent.lock().bytes, 0);
+    }
+
+    #[test]
+    fn stale_order_entries_do_not_accumulate() {
+        let recent = RecentRuns::new(DEFAULT_BYTES);
+        let record = run("hi");
+        for _ in 0..10_000 {
+            recent.remember([record.clone()]);
+            recent.forget([&record.run_id]);
+            recent.remember([record.clone()]);
+        }
+        let inner = recent.lock();
+        assert_eq!(inner.runs.len(), 1);
+        assert!(inner.order.len() <= 2 + 1024, "{}", inner.order.len());
+    }
+}
