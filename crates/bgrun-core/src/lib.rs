@@ -37,8 +37,8 @@ pub use frame::Frames;
 pub use id::{RunId, SessionId, MAX_ID_LEN};
 pub use params::{parse_bool, parse_int, validate_params, ParamKind, ParamSpec};
 pub use run::{
-    now, CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp, Transition,
-    TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+    now, CreateAndStart, CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord,
+    Timestamp, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
 };
 pub use status::{CancellationStage, RunStatus};
 pub use store::{NotificationStream, Store, StoreNotification, MAX_PAGE_SIZE};

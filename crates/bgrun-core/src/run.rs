@@ -162,6 +162,17 @@ impl CreateOutcome {
     }
 }
 
+/// What `Store::create_and_start_run` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateAndStart {
+    /// What the create did; its record is the run as created (`PENDING`).
+    pub created: CreateOutcome,
+    /// The run as it is stored after the same write moved it `PENDING -> RUNNING` with its
+    /// first event; `None` when the write did not start it (the run was not created, a cancel
+    /// intent was recorded for it, or the store starts runs in a write of their own).
+    pub started: Option<RunRecord>,
+}
+
 /// A compare-and-set status change: applied only if the run is in `from`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {

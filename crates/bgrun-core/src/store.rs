@@ -9,8 +9,8 @@ use crate::event::Event;
 use crate::frame::Frames;
 use crate::id::RunId;
 use crate::run::{
-    CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp, Transition,
-    TransitionOutcome,
+    CreateAndStart, CreateOutcome, LeaseGrant, NewRun, RunFilter, RunPage, RunRecord, Timestamp,
+    Transition, TransitionOutcome,
 };
 use crate::stream::{
     AppendOutcome, CreateStreamOutcome, DeleteStreamOutcome, Millis, NewStream, StreamAppend,
@@ -77,6 +77,26 @@ pub trait Store: Send + Sync + 'static {
     /// nothing and returns [`CreateOutcome::Existing`]. Otherwise reports, in the same atomic
     /// step, whether a cancel intent was already recorded for the id.
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome>;
+
+    /// [`create_run`](Store::create_run) and, when it created the run and found no cancel
+    /// intent for it, `PENDING -> RUNNING` with `started` (the run's event 0), as one atomic
+    /// write: either both are stored or neither is. For an engine that holds no leases (the
+    /// store serves one process): a run that can execute at once is stored and started in one
+    /// write instead of two.
+    ///
+    /// The default creates the run only ([`CreateAndStart::started`] is `None`); the caller
+    /// then starts it with a write of its own.
+    async fn create_and_start_run(
+        &self,
+        run: NewRun,
+        started: &Event,
+    ) -> StoreResult<CreateAndStart> {
+        let _ = started;
+        Ok(CreateAndStart {
+            created: self.create_run(run).await?,
+            started: None,
+        })
+    }
 
     /// The run, or `None`.
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>>;

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bgrun_buffer::EventLog;
 use bgrun_core::{
-    validate_params, CreateOutcome, InvalidInput, NewRun, RunFilter, RunId, RunKind, RunPage,
-    RunRecord, RunStatus, RunTarget, SessionId, Store, StoreResult,
+    validate_params, CreateOutcome, Envelope, Event, InvalidInput, NewRun, RunFilter, RunId,
+    RunKind, RunPage, RunRecord, RunStatus, RunTarget, SessionId, Store, StoreResult,
 };
 use serde_json::{Map, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +111,17 @@ async fn create_and_launch(
     component: Registered,
     parent: Option<Arc<ActiveRun>>,
 ) -> EngineResult<Started> {
+    if inner.config.exclusive_store {
+        // With no leases to take, a run that can execute at once is created and started in
+        // one store write (a child runs in its parent's slot).
+        let slot = match &parent {
+            Some(_) => Some(None),
+            None => inner.slots.clone().try_acquire_owned().ok().map(Some),
+        };
+        if let Some(permit) = slot {
+            return create_started(inner, new_run, component, parent, permit).await;
+        }
+    }
     match inner.store.create_run(new_run).await? {
         CreateOutcome::Existing(run) => Ok(Started {
             run,
@@ -122,17 +133,62 @@ async fn create_and_launch(
         } => {
             runner::launch(
                 &inner,
-                Launch {
-                    record: run.clone(),
-                    component,
-                    cancel_requested,
-                    parent,
-                },
+                Launch::queued(run.clone(), component, cancel_requested, parent),
             )
             .await?;
             Ok(Started { run, created: true })
         }
     }
+}
+
+/// Creates the run and starts it in the same store write (`Store::create_and_start_run`),
+/// then launches it in `permit`'s slot; a run the store did not start is launched as created.
+async fn create_started(
+    inner: Arc<EngineInner>,
+    new_run: NewRun,
+    component: Registered,
+    parent: Option<Arc<ActiveRun>>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> EngineResult<Started> {
+    let started = Event::render(
+        Envelope {
+            run_id: &new_run.run_id,
+            session_id: &new_run.session_id,
+            created_at: bgrun_core::now(),
+        },
+        0,
+        new_run.target.kind.started_event(),
+        &Map::new(),
+    );
+    let outcome = inner.store.create_and_start_run(new_run, &started).await?;
+    let (run, cancel_requested) = match outcome.created {
+        CreateOutcome::Existing(run) => {
+            return Ok(Started {
+                run,
+                created: false,
+            })
+        }
+        CreateOutcome::Created {
+            run,
+            cancel_requested,
+        } => (run, cancel_requested),
+    };
+    let launch = match outcome.started {
+        Some(running) => Launch {
+            record: running,
+            component,
+            cancel_requested,
+            parent,
+            started: Some(started),
+            permit,
+        },
+        // Not started (a cancel intent, or a store that starts runs in a write of their own):
+        // queued for a slot as any created run.
+        None => Launch::queued(run.clone(), component, cancel_requested, parent),
+    };
+    runner::launch(&inner, launch).await?;
+    // The run as created: a start answers `PENDING`.
+    Ok(Started { run, created: true })
 }
 
 /// What `start` did.

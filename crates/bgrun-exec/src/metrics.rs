@@ -14,8 +14,8 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
-    RunStatus, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+    CreateAndStart, CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter, RunId, RunPage,
+    RunRecord, RunStatus, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
 };
 
 /// A snapshot of an engine's counters, since it opened.
@@ -104,6 +104,21 @@ impl Store for CountingStore {
         let outcome = self.inner.create_run(run).await?;
         if matches!(outcome, CreateOutcome::Created { .. }) {
             self.counters.created.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    async fn create_and_start_run(
+        &self,
+        run: NewRun,
+        started: &Event,
+    ) -> StoreResult<CreateAndStart> {
+        let outcome = self.inner.create_and_start_run(run, started).await?;
+        if matches!(outcome.created, CreateOutcome::Created { .. }) {
+            self.counters.created.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.started.is_some() {
+            self.count_appended(std::slice::from_ref(started));
         }
         Ok(outcome)
     }

@@ -48,12 +48,7 @@ async fn queue_pending(engine: &Engine, runs: Vec<RunRecord>) -> EngineResult<()
         let cancel_requested = engine.inner.store.cancel_requested(&run.run_id).await?;
         runner::launch(
             &engine.inner,
-            Launch {
-                record: run,
-                component,
-                cancel_requested,
-                parent: None,
-            },
+            Launch::queued(run, component, cancel_requested, None),
         )
         .await?;
     }
@@ -166,16 +161,7 @@ async fn recover_leased(engine: &Engine, run_id: &RunId) -> EngineResult<Recover
     let component = inner.component(&run.target).ok().cloned();
     if let Some(component) = component.filter(|component| component.info.retryable) {
         tracing::info!(run_id = %run.run_id, "running an interrupted run again");
-        runner::launch(
-            inner,
-            Launch {
-                record: run,
-                component,
-                cancel_requested: false,
-                parent: None,
-            },
-        )
-        .await?;
+        runner::launch(inner, Launch::queued(run, component, false, None)).await?;
         return Ok(Recovered::Launched);
     }
     let content = crate::content::stored_content(engine, &run).await?;

@@ -29,6 +29,30 @@ pub(crate) struct Launch {
     /// The run that started this one: its cancellation reaches this run, and this run runs in
     /// its parent's concurrency slot (a parent waiting on children must not starve them).
     pub(crate) parent: Option<Arc<ActiveRun>>,
+    /// The run's first event when the store started the run in the write that created it
+    /// (`Store::create_and_start_run`): `record` is then `RUNNING`, with this event stored.
+    pub(crate) started: Option<Event>,
+    /// The slot taken for a run started that way (none for a child: it runs in its parent's).
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Launch {
+    /// A created run to launch as stored, queued for a slot (unless it is a child).
+    pub(crate) fn queued(
+        record: RunRecord,
+        component: Registered,
+        cancel_requested: bool,
+        parent: Option<Arc<ActiveRun>>,
+    ) -> Self {
+        Self {
+            record,
+            component,
+            cancel_requested,
+            parent,
+            started: None,
+            permit: None,
+        }
+    }
 }
 
 /// Where a run stands in the concurrency limit.
@@ -54,17 +78,25 @@ enum Ending {
 }
 
 /// Registers the run, takes its place in the start-order queue, and spawns its task.
-pub(crate) async fn launch(inner: &Arc<EngineInner>, launch: Launch) -> EngineResult<()> {
+pub(crate) async fn launch(inner: &Arc<EngineInner>, mut launch: Launch) -> EngineResult<()> {
     let record = &launch.record;
+    let log_error = |error| {
+        bgrun_core::StoreError::backend(format!("opening the log of run {}", record.run_id), error)
+    };
+    let first_index = launch
+        .started
+        .as_ref()
+        .map_or(record.next_event_index(), Event::index);
     let writer = inner
         .log
-        .open(record.run_id.clone(), record.next_event_index())
-        .map_err(|error| {
-            bgrun_core::StoreError::backend(
-                format!("opening the log of run {}", record.run_id),
-                error,
-            )
-        })?;
+        .open(record.run_id.clone(), first_index)
+        .map_err(log_error)?;
+    if let Some(started) = &launch.started {
+        // Stored with the run: durable at once, nothing left to flush.
+        let index = writer.push(|_| started.clone()).map_err(log_error)?;
+        writer.take(usize::MAX);
+        writer.mark_durable(index + 1).map_err(log_error)?;
+    }
     let cancel = match &launch.parent {
         Some(parent) => parent.cancel.child_token(),
         None => CancellationToken::new(),
@@ -86,6 +118,13 @@ pub(crate) async fn launch(inner: &Arc<EngineInner>, launch: Launch) -> EngineRe
     inner.insert_active(active.clone());
     let task_inner = inner.clone();
     let ended = active.ended.clone().drop_guard();
+    if let Some(permit) = launch.permit.take() {
+        inner.tracker.spawn(async move {
+            let _ended = ended;
+            execute(task_inner, active, launch, Slot::Own(permit)).await;
+        });
+        return Ok(());
+    }
     if launch.parent.is_some() {
         inner.tracker.spawn(async move {
             let _ended = ended;
@@ -129,14 +168,18 @@ impl EngineInner {
 
 async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch, slot: Slot) {
     let Launch {
-        record, component, ..
+        record,
+        component,
+        started,
+        ..
     } = launch;
-    if matches!(slot, Slot::Cancelled) {
-        cancel_before_start(&inner, &active).await;
-        return;
-    }
-    if active.cancel.is_cancelled() {
-        cancel_before_start(&inner, &active).await;
+    if matches!(slot, Slot::Cancelled) || active.cancel.is_cancelled() {
+        if started.is_some() {
+            // Cancelled between the write that started it and now.
+            finish(&inner, &active, RunStatus::Running, Ending::Cancelled).await;
+        } else {
+            cancel_before_start(&inner, &active).await;
+        }
         return;
     }
     if record.status == RunStatus::Pending {

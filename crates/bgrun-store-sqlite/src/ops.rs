@@ -9,8 +9,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bgrun_core::{
-    CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunStatus, StoreError, StoreResult, Timestamp,
-    Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+    CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunStatus, StoreError,
+    StoreResult, Timestamp, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
@@ -104,6 +104,43 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
         }
         Err(error) => Err(StoreError::backend("inserting a run", error)),
     }
+}
+
+/// `Store::create_and_start_run`.
+pub(crate) fn create_and_start(
+    conn: &Connection,
+    run: NewRun,
+    started: &Event,
+) -> StoreResult<CreateAndStart> {
+    // Checked before the create: once it is written, a refused start would break the batch.
+    if started.index() != 0 {
+        return Err(StoreError::IndexConflict {
+            run_id: run.run_id,
+            expected: 0,
+            got: started.index(),
+        });
+    }
+    let created = create(conn, run)?;
+    let started = match &created {
+        CreateOutcome::Created {
+            run,
+            cancel_requested: false,
+        } => {
+            let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
+            match self::transition(
+                conn,
+                &run.run_id,
+                &transition,
+                std::slice::from_ref(started),
+            )? {
+                TransitionOutcome::Applied(run) => Some(*run),
+                // Not in the transaction that just created it `PENDING`.
+                TransitionOutcome::Conflict { .. } => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(CreateAndStart { created, started })
 }
 
 /// The index a log whose last index is `last` takes next.

@@ -12,9 +12,9 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    async_trait, CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter, RunId, RunPage,
-    RunRecord, Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
-    MAX_PAGE_SIZE,
+    async_trait, CreateAndStart, CreateOutcome, Event, Frames, LeaseGrant, NewRun, RunFilter,
+    RunId, RunPage, RunRecord, Store, StoreError, StoreResult, Timestamp, Transition,
+    TransitionOutcome, MAX_PAGE_SIZE,
 };
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
@@ -147,6 +147,19 @@ impl Store for SqliteStore {
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
         self.write(|reply| Command::Create {
             run: Box::new(run),
+            reply,
+        })
+        .await
+    }
+
+    async fn create_and_start_run(
+        &self,
+        run: NewRun,
+        started: &Event,
+    ) -> StoreResult<CreateAndStart> {
+        self.write(|reply| Command::CreateAndStart {
+            run: Box::new(run),
+            started: started.clone(),
             reply,
         })
         .await

@@ -23,8 +23,8 @@ use bgrun_core::stream::{
     StreamId,
 };
 use bgrun_core::{
-    now, CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunRecord, StoreError, StoreResult,
-    Timestamp, Transition, TransitionOutcome,
+    now, CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunId, RunRecord, StoreError,
+    StoreResult, Timestamp, Transition, TransitionOutcome,
 };
 use rusqlite::hooks::Wal;
 use rusqlite::Connection;
@@ -117,6 +117,12 @@ pub(crate) enum Command {
         run: Box<NewRun>,
         reply: Reply<CreateOutcome>,
     },
+    /// `Store::create_and_start_run`.
+    CreateAndStart {
+        run: Box<NewRun>,
+        started: Event,
+        reply: Reply<CreateAndStart>,
+    },
     /// `Store::append_events`.
     Append {
         run_id: RunId,
@@ -187,6 +193,7 @@ pub(crate) enum Command {
 #[allow(clippy::large_enum_variant)]
 enum Done {
     Create(Reply<CreateOutcome>, StoreResult<CreateOutcome>),
+    CreateAndStart(Reply<CreateAndStart>, StoreResult<CreateAndStart>),
     Unit(Reply<()>, StoreResult<()>),
     Transition(Reply<TransitionOutcome>, StoreResult<TransitionOutcome>),
     Lease(Reply<LeaseGrant>, StoreResult<LeaseGrant>),
@@ -223,7 +230,20 @@ impl Done {
     /// The record a committed command left, when it says.
     fn committed_run(&self) -> Option<RunRecord> {
         match self {
-            Self::Create(_, Ok(CreateOutcome::Created { run, .. })) => Some(run.clone()),
+            Self::Create(_, Ok(CreateOutcome::Created { run, .. }))
+            | Self::CreateAndStart(
+                _,
+                Ok(CreateAndStart {
+                    created: CreateOutcome::Created { run, .. },
+                    started: None,
+                }),
+            )
+            | Self::CreateAndStart(
+                _,
+                Ok(CreateAndStart {
+                    started: Some(run), ..
+                }),
+            ) => Some(run.clone()),
             Self::Transition(_, Ok(TransitionOutcome::Applied(run))) => Some(RunRecord::clone(run)),
             _ => None,
         }
@@ -233,6 +253,7 @@ impl Done {
     fn send(self, failed_commit: Option<&str>) {
         match self {
             Self::Create(reply, result) => send(reply, result, failed_commit),
+            Self::CreateAndStart(reply, result) => send(reply, result, failed_commit),
             Self::Unit(reply, result) => send(reply, result, failed_commit),
             Self::Transition(reply, result) => send(reply, result, failed_commit),
             Self::Lease(reply, result) => send(reply, result, failed_commit),
@@ -447,6 +468,16 @@ impl Writer {
                 reply,
                 guarded(&self.conn, &mut broken, |conn| ops::create(conn, *run)),
             ),
+            Command::CreateAndStart {
+                run,
+                started,
+                reply,
+            } => Done::CreateAndStart(
+                reply,
+                guarded(&self.conn, &mut broken, |conn| {
+                    ops::create_and_start(conn, *run, &started)
+                }),
+            ),
             Command::Append {
                 run_id,
                 events,
@@ -580,6 +611,7 @@ fn failed_command(command: Command) -> Done {
     }
     match command {
         Command::Create { reply, .. } => Done::Create(reply, failed()),
+        Command::CreateAndStart { reply, .. } => Done::CreateAndStart(reply, failed()),
         Command::Append { reply, .. }
         | Command::RequestCancel { reply, .. }
         | Command::ReleaseLease { reply, .. }

@@ -42,6 +42,9 @@
 //! - [`create_and_get`](checks::create_and_get), [`duplicates_and_idempotency`](checks::duplicates_and_idempotency):
 //!   every field round-trips; a taken `run_id` is `RunExists`; a recent idempotency key gives
 //!   `Existing` and creates nothing.
+//! - [`create_and_start`](checks::create_and_start): `create_and_start_run` starts (`RUNNING`
+//!   with its event 0) only a run it created with no cancel intent, in the same write, or
+//!   starts nothing (the default); a first event not at index 0 creates nothing.
 //! - [`transitions`](checks::transitions), [`cas_races`](checks::cas_races): the status machine
 //!   is checked before anything is written (`InvalidTransition`); the compare-and-set before the
 //!   event indices, so the loser of a race always learns `Conflict { actual }`; `updated_at`

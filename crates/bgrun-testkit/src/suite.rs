@@ -34,6 +34,10 @@ pub async fn conformance(
             "duplicates_and_idempotency",
             on_fresh(harness, checks::duplicates_and_idempotency),
         ),
+        (
+            "create_and_start",
+            on_fresh(harness, checks::create_and_start),
+        ),
         ("transitions", on_fresh(harness, checks::transitions)),
         ("cas_races", on_fresh(harness, checks::cas_races)),
         (

@@ -13,8 +13,8 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
-    Store, StoreResult, Timestamp, Transition, TransitionOutcome,
+    async_trait, CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId,
+    RunPage, RunRecord, RunStatus, Store, StoreResult, Timestamp, Transition, TransitionOutcome,
 };
 use bgrun_example_memory_store::MemoryStore;
 use bgrun_testkit::{checks, conformance, ConformanceFailures, StoreHarness};
@@ -30,6 +30,8 @@ enum Flaw {
     ListsByRunId,
     /// `create_run` never reports a cancel intent.
     ForgetsEarlyCancels,
+    /// `create_and_start_run` starts every run it creates, one with a cancel intent too.
+    StartsCancelledRuns,
     /// A lease with a zero ttl is taken for an hour.
     ZeroTtlLives,
     /// `cancel_requested` panics.
@@ -99,6 +101,29 @@ impl Store for Broken {
             }
             outcome => Ok(outcome),
         }
+    }
+
+    async fn create_and_start_run(
+        &self,
+        run: NewRun,
+        started: &Event,
+    ) -> StoreResult<CreateAndStart> {
+        let created = self.create_run(run).await?;
+        let started = match &created {
+            CreateOutcome::Created { run, .. } if self.flaw == Flaw::StartsCancelledRuns => {
+                let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
+                match self
+                    .inner
+                    .transition(&run.run_id, &transition, std::slice::from_ref(started))
+                    .await?
+                {
+                    TransitionOutcome::Applied(running) => Some(*running),
+                    TransitionOutcome::Conflict { .. } => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(CreateAndStart { created, started })
     }
 
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
@@ -403,9 +428,20 @@ async fn a_store_that_lists_by_run_id_fails_paging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_store_that_forgets_early_cancels_fails_cancel_intents() {
+async fn a_store_that_forgets_early_cancels_fails_the_checks_of_cancel_intents() {
     let failures = failures(Flaw::ForgetsEarlyCancels).await;
-    assert_eq!(failures.names(), ["cancel_intents"], "{failures}");
+    // `create_and_start_run` (the default: `create_run`) reports the intent too.
+    assert_eq!(
+        failures.names(),
+        ["create_and_start", "cancel_intents"],
+        "{failures}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_starts_runs_with_a_cancel_intent_fails_create_and_start() {
+    let failures = failures(Flaw::StartsCancelledRuns).await;
+    assert_eq!(failures.names(), ["create_and_start"], "{failures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -534,7 +570,7 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 25 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 26 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;

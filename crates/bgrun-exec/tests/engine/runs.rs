@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use bgrun_core::{
-    CancellationStage, Event, Frames, NewRun, RunId, RunKind, RunStatus, RunTarget, Transition,
+    CancellationStage, Event, Frames, NewRun, RunId, RunKind, RunStatus, RunTarget, Store,
+    Transition,
 };
 use bgrun_exec::{Chunk, EngineConfig, EngineError, MetaFrame, StartRequest};
 use futures::StreamExt;
@@ -625,3 +626,78 @@ crate::on_every_store!(
     a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine,
     shutdown_past_the_grace_period_interrupts_what_still_runs,
 );
+
+/// Without leases (SQLite), a run that has a free slot is stored and started in one write and
+/// ended in one more; one that waits for a slot is stored `PENDING` alone and started later by
+/// a write of its own. Either way its log holds `RunStarted` once, at index 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_run_with_a_free_slot_is_created_and_started_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        bgrun_store_sqlite::SqliteStore::open(dir.path().join("runs.db"))
+            .await
+            .unwrap(),
+    );
+    let gated = Gated::new();
+    let engine = bgrun_exec::Engine::open(
+        store.clone(),
+        bgrun_exec::demo::registry().with(gated.clone()),
+        EngineConfig {
+            exclusive_store: true,
+            max_concurrency: 1,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let writes = store.write_stats().commands;
+    let first = engine
+        .start(StartRequest::agent("ticker", "").param("count", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.run.status,
+        RunStatus::Pending,
+        "a start answers the run as created"
+    );
+    let stored = store.get_run(&first.run.run_id).await.unwrap().unwrap();
+    assert_ne!(
+        stored.status,
+        RunStatus::Pending,
+        "started in the create's write"
+    );
+    let run = engine.wait(&first.run.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(
+        store.write_stats().commands - writes,
+        2,
+        "create-and-start, end"
+    );
+    let events = all_events(&engine, &run.run_id, None).await;
+    assert_eq!(types(&events), ["RunStarted", "RunCompleted"]);
+    assert_gapless(&events, 0);
+
+    // The one slot taken: the next run waits, stored PENDING by its create alone.
+    let holder = engine
+        .start(StartRequest::agent("gated", "x"))
+        .await
+        .unwrap()
+        .run;
+    wait_running(&engine, &holder.run_id).await;
+    let writes = store.write_stats().commands;
+    let queued = engine
+        .start(StartRequest::agent("ticker", "").param("count", 0))
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(store.write_stats().commands - writes, 1, "the create alone");
+    let stored = store.get_run(&queued.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Pending);
+    gated.gate.add_permits(1);
+    let run = engine.wait(&queued.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    let events = all_events(&engine, &run.run_id, None).await;
+    assert_eq!(types(&events), ["RunStarted", "RunCompleted"]);
+    assert_gapless(&events, 0);
+}

@@ -2,11 +2,15 @@
 
 use std::sync::Arc;
 
-use bgrun_core::{now, CreateOutcome, NewRun, RunFilter, RunKind, RunTarget, Store, StoreError};
+use bgrun_core::{
+    now, CreateAndStart, CreateOutcome, NewRun, RunFilter, RunKind, RunStatus, RunTarget, Store,
+    StoreError,
+};
 use serde_json::json;
 
 use crate::support::{
-    create, expect_eq, fail, get, list_all, new_run, run_id, session_id, CheckResult, Succeeds, T0,
+    apply, create, ensure, event, events, expect_eq, expect_events, fail, get, list_all, new_run,
+    read_all, run_id, session_id, transition, CheckResult, Succeeds, T0,
 };
 
 /// `create_run` then `get_run` give back every field exactly as given: a run with every field
@@ -139,5 +143,171 @@ pub async fn duplicates_and_idempotency(store: Arc<dyn Store>) -> CheckResult {
         &sorted,
         &vec!["run-dup".to_owned(), "run-key-a".into(), "run-key-c".into()],
     )?;
+    Ok(())
+}
+
+/// `create_and_start_run` is `create_run` and, for a run it created with no cancel intent,
+/// `PENDING -> RUNNING` with the given event 0, in one write. A store may start nothing
+/// (`started: None`, the default); whatever it reports must be what it stored. A run with a
+/// cancel intent, an idempotent repeat and a taken id are never started, and a first event that
+/// is not index 0 is refused before anything is created.
+pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
+    let store = &*store;
+    let new = new_run("run-started", "session-1", T0);
+    let record = new.clone().into_record();
+    let started = event(&record, 0, "started");
+    let outcome = store
+        .create_and_start_run(new, &started)
+        .await
+        .succeeds("create_and_start_run(run-started)")?;
+    expect_eq(
+        "create_and_start_run(run-started): what the create did",
+        &outcome.created,
+        &CreateOutcome::Created {
+            run: record.clone(),
+            cancel_requested: false,
+        },
+    )?;
+    let stored = get(store, &record.run_id).await?;
+    match &outcome.started {
+        Some(running) => {
+            ensure!(
+                running.status == RunStatus::Running && running.last_event_index == Some(0),
+                "create_and_start_run(run-started): expected the started run RUNNING with event 0, got {running:?}"
+            );
+            expect_eq(
+                "get_run(run-started) after it was started",
+                &stored,
+                running,
+            )?;
+            expect_events(
+                "the events of run-started",
+                &read_all(store, &record.run_id, 10).await?,
+                std::slice::from_ref(&started),
+            )?;
+            // Its log continues after event 0.
+            apply(
+                store,
+                &record.run_id,
+                &transition(RunStatus::Running, RunStatus::Completed),
+                &events(&record, 1..3, "end"),
+            )
+            .await?;
+        }
+        None => {
+            expect_eq(
+                "get_run(run-started), created but not started",
+                &stored,
+                &record,
+            )?;
+            expect_events(
+                "the events of run-started, created but not started",
+                &read_all(store, &record.run_id, 10).await?,
+                &[],
+            )?;
+        }
+    }
+
+    // A cancel intent recorded before the run: created, reported, not started.
+    let early = new_run("run-cancelled-early", "session-1", T0);
+    let early_record = early.clone().into_record();
+    store
+        .request_cancel(&early_record.run_id, T0)
+        .await
+        .succeeds("request_cancel(run-cancelled-early)")?;
+    let outcome = store
+        .create_and_start_run(early, &event(&early_record, 0, "started"))
+        .await
+        .succeeds("create_and_start_run(run-cancelled-early)")?;
+    expect_eq(
+        "create_and_start_run of a run with a cancel intent",
+        &outcome,
+        &CreateAndStart {
+            created: CreateOutcome::Created {
+                run: early_record.clone(),
+                cancel_requested: true,
+            },
+            started: None,
+        },
+    )?;
+    expect_eq(
+        "get_run(run-cancelled-early), not started",
+        &get(store, &early_record.run_id).await?,
+        &early_record,
+    )?;
+
+    // A taken id: refused, and the run that has it is left as it was.
+    let before = get(store, &early_record.run_id).await?;
+    let duplicate = new_run("run-cancelled-early", "session-2", T0 + 1);
+    let duplicate_record = duplicate.clone().into_record();
+    match store
+        .create_and_start_run(duplicate, &event(&duplicate_record, 0, "dup"))
+        .await
+    {
+        Err(StoreError::RunExists(id)) if id == early_record.run_id => {}
+        other => fail!(
+            "create_and_start_run with a run_id that exists: expected Err(RunExists), got {other:?}"
+        ),
+    }
+    expect_eq(
+        "get_run(run-cancelled-early) after a duplicate create_and_start_run",
+        &get(store, &early_record.run_id).await?,
+        &before,
+    )?;
+    expect_events(
+        "the events of run-cancelled-early after a duplicate create_and_start_run",
+        &read_all(store, &early_record.run_id, 10).await?,
+        &[],
+    )?;
+
+    // An idempotent repeat: the earlier run, untouched.
+    let at = now();
+    let mut keyed = new_run("run-keyed", "session-1", at);
+    keyed.idempotency_key = Some("key-start".into());
+    let keyed = create(store, keyed).await?;
+    let mut repeat = new_run("run-keyed-again", "session-1", at);
+    repeat.idempotency_key = Some("key-start".into());
+    let repeat_record = repeat.clone().into_record();
+    let outcome = store
+        .create_and_start_run(repeat, &event(&repeat_record, 0, "again"))
+        .await
+        .succeeds("create_and_start_run with the idempotency key of run-keyed")?;
+    expect_eq(
+        "create_and_start_run with the idempotency key of run-keyed",
+        &outcome,
+        &CreateAndStart {
+            created: CreateOutcome::Existing(keyed.clone()),
+            started: None,
+        },
+    )?;
+    expect_eq(
+        "get_run(run-keyed) after an idempotent create_and_start_run",
+        &get(store, &keyed.run_id).await?,
+        &keyed,
+    )?;
+
+    // A first event that is not index 0: refused, nothing created.
+    let wrong = new_run("run-wrong-first", "session-1", T0);
+    let wrong_record = wrong.clone().into_record();
+    match store
+        .create_and_start_run(wrong, &event(&wrong_record, 1, "wrong"))
+        .await
+    {
+        Err(StoreError::IndexConflict { .. }) => {
+            expect_eq(
+                "get_run(run-wrong-first) after a refused create_and_start_run",
+                &store
+                    .get_run(&wrong_record.run_id)
+                    .await
+                    .succeeds("get_run(run-wrong-first)")?,
+                &None,
+            )?;
+        }
+        // A store that does not start runs at create ignores the event.
+        Ok(CreateAndStart { started: None, .. }) => {}
+        other => fail!(
+            "create_and_start_run with a first event at index 1: expected Err(IndexConflict), got {other:?}"
+        ),
+    }
     Ok(())
 }
