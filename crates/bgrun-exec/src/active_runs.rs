@@ -4,6 +4,10 @@
 //! cancel recorded between the two is not in what the start read, and may look for the run here
 //! before it is launched: it is then kept, and the launch finds it. Both happen under one lock,
 //! so either the cancel sees the run or the launch sees the cancel.
+//!
+//! A run stored and started in one write (`Store::create_and_start_run`) is `RUNNING` in the
+//! store before its launch holds it here: it is marked starting from before that write until
+//! its launch, so that the sweep of runs left `RUNNING` leaves it alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,11 +30,34 @@ pub(crate) struct ActiveRuns {
     early_cancels: HashMap<RunId, u64>,
     early_order: VecDeque<(RunId, u64)>,
     kept: u64,
+    /// Runs being stored and started, not held yet, with how many starts of each are under
+    /// way (a client-chosen id may be started twice at once; one of them is refused).
+    starting: HashMap<RunId, usize>,
 }
 
 impl ActiveRuns {
     pub(crate) fn get(&self, run_id: &RunId) -> Option<&Arc<ActiveRun>> {
         self.runs.get(run_id)
+    }
+
+    /// True when the run is held here or being started here.
+    pub(crate) fn holds_or_starts(&self, run_id: &RunId) -> bool {
+        self.runs.contains_key(run_id) || self.starting.contains_key(run_id)
+    }
+
+    /// Marks a run as being started here until [`Self::started`].
+    pub(crate) fn starting(&mut self, run_id: &RunId) {
+        *self.starting.entry(run_id.clone()).or_default() += 1;
+    }
+
+    /// The run's start is over (launched, refused or failed).
+    pub(crate) fn started(&mut self, run_id: &RunId) {
+        if let Some(count) = self.starting.get_mut(run_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.starting.remove(run_id);
+            }
+        }
     }
 
     pub(crate) fn runs(&self) -> impl Iterator<Item = &Arc<ActiveRun>> {
@@ -99,6 +126,30 @@ mod tests {
         assert!(active.insert(early), "the launch finds the cancel");
         // Taken by that launch: a later run of another id is not affected.
         assert!(!active.insert(run(&log, "other")));
+    }
+
+    #[test]
+    fn a_run_is_held_from_its_start_until_it_is_removed() {
+        let log = EventLog::new(LogConfig::default());
+        let mut active = ActiveRuns::default();
+        let started = id("started");
+        assert!(!active.holds_or_starts(&started));
+        active.starting(&started);
+        active.starting(&started);
+        assert!(
+            active.holds_or_starts(&started),
+            "stored RUNNING, not launched yet"
+        );
+        active.started(&started);
+        assert!(
+            active.holds_or_starts(&started),
+            "one of two starts of the id still under way"
+        );
+        active.insert(run(&log, "started"));
+        active.started(&started);
+        assert!(active.holds_or_starts(&started), "launched");
+        active.remove(&started);
+        assert!(!active.holds_or_starts(&started));
     }
 
     #[test]

@@ -111,9 +111,15 @@ async fn create_and_launch(
     component: Registered,
     parent: Option<Arc<ActiveRun>>,
 ) -> EngineResult<Started> {
-    if inner.config.exclusive_store {
-        // With no leases to take, a run that can execute at once is created and started in
-        // one store write (a child runs in its parent's slot).
+    // With no leases to take, a run that can execute at once is created and started in one
+    // store write (a child runs in its parent's slot). Not while the engine closes, nor for a
+    // child of a cancelled parent: those are created to end before they start.
+    let may_start = inner.config.exclusive_store
+        && !inner.closing.is_cancelled()
+        && !parent
+            .as_ref()
+            .is_some_and(|parent| parent.cancel.is_cancelled());
+    if may_start {
         let slot = match &parent {
             Some(_) => Some(None),
             None => inner.slots.clone().try_acquire_owned().ok().map(Some),
@@ -145,6 +151,22 @@ async fn create_and_launch(
 /// then launches it in `permit`'s slot; a run the store did not start is launched as created.
 async fn create_started(
     inner: Arc<EngineInner>,
+    new_run: NewRun,
+    component: Registered,
+    parent: Option<Arc<ActiveRun>>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> EngineResult<Started> {
+    // From before the write that makes it RUNNING until its launch holds it (or the start
+    // ends otherwise).
+    let run_id = new_run.run_id.clone();
+    inner.active_map().starting(&run_id);
+    let result = create_and_launch_started(&inner, new_run, component, parent, permit).await;
+    inner.active_map().started(&run_id);
+    result
+}
+
+async fn create_and_launch_started(
+    inner: &Arc<EngineInner>,
     new_run: NewRun,
     component: Registered,
     parent: Option<Arc<ActiveRun>>,
@@ -183,10 +205,13 @@ async fn create_started(
             permit,
         },
         // Not started (a cancel intent, or a store that starts runs in a write of their own):
-        // queued for a slot as any created run.
-        None => Launch::queued(run.clone(), component, cancel_requested, parent),
+        // launched `PENDING`, in the slot already taken.
+        None => Launch {
+            permit,
+            ..Launch::queued(run.clone(), component, cancel_requested, parent)
+        },
     };
-    runner::launch(&inner, launch).await?;
+    runner::launch(inner, launch).await?;
     // The run as created: a start answers `PENDING`.
     Ok(Started { run, created: true })
 }
@@ -243,6 +268,12 @@ impl EngineInner {
 
     pub(crate) fn active(&self, run_id: &RunId) -> Option<Arc<ActiveRun>> {
         self.active_map().get(run_id).cloned()
+    }
+
+    /// True when the run is executed or queued here, or being started here (see
+    /// [`ActiveRuns`]): the sweep of runs left `RUNNING` must leave it alone.
+    pub(crate) fn holds_or_starts(&self, run_id: &RunId) -> bool {
+        self.active_map().holds_or_starts(run_id)
     }
 
     /// Holds `run` here, cancelled if a cancel of it came first (see [`ActiveRuns`]).

@@ -99,7 +99,7 @@ pub(crate) async fn recover_orphans(engine: &Engine) -> EngineResult<usize> {
         let found = orphans.len();
         let mut taken = 0;
         for run in orphans {
-            if engine.inner.active(&run.run_id).is_some() {
+            if engine.inner.holds_or_starts(&run.run_id) {
                 continue;
             }
             if recover_run(engine, run).await? {

@@ -8,7 +8,9 @@
 //!   read those runs from the database (whatever they read there is true at the time they
 //!   read it);
 //! - after the commit, and before it replies, it remembers the records the batch's creates and
-//!   status changes produced. An append forgets its run until its next status change.
+//!   status changes produced, except for runs the batch also appends to (the record a command
+//!   returned may then be older than the row). An append forgets its run until a later batch
+//!   changes its status.
 //!
 //! A failed batch leaves its runs forgotten. The cache holds at most [`RecentRuns::new`]'s bytes
 //! (an estimate of each record's size), oldest remembered first out; a record larger than

@@ -13,6 +13,7 @@
 //! reports that the WAL has grown past [`CHECKPOINT_PAGES`], concurrently with later commits.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -339,6 +340,8 @@ pub(crate) struct Writer {
     stats: Arc<WriterStats>,
     /// The records it committed last, for `get_run` (see `recent.rs`).
     recent: Arc<RecentRuns>,
+    /// The runs the current batch appends to.
+    appended: HashSet<RunId>,
     done: Vec<Done>,
     /// Asks the checkpointer thread for a checkpoint; `None`: SQLite checkpoints in commits.
     checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
@@ -354,6 +357,7 @@ impl Writer {
             conn,
             stats,
             recent,
+            appended: HashSet::new(),
             done: Vec::with_capacity(MAX_BATCH),
             checkpoints: None,
         }
@@ -413,6 +417,14 @@ impl Writer {
         // Until the commit, the runs this batch changes are read from the database.
         self.recent
             .forget(batch.iter().filter_map(Command::changed_run));
+        // A record a command of the batch returns is not the run's last state if the batch
+        // also appends to it: such runs stay forgotten.
+        self.appended.clear();
+        self.appended
+            .extend(batch.iter().filter_map(|command| match command {
+                Command::Append { run_id, .. } => Some(run_id.clone()),
+                _ => None,
+            }));
         let outcome = self.run_batch(batch);
         let failed = outcome.err().map(|Broken(why)| why);
         if let Some(why) = &failed {
@@ -424,8 +436,13 @@ impl Writer {
         }
         if failed.is_none() {
             // Before the replies: a caller told of its write finds it here.
-            self.recent
-                .remember(self.done.iter().filter_map(Done::committed_run));
+            let appended = &self.appended;
+            self.recent.remember(
+                self.done
+                    .iter()
+                    .filter_map(Done::committed_run)
+                    .filter(|run| !appended.contains(&run.run_id)),
+            );
         }
         for done in self.done.drain(..) {
             done.send(failed.as_deref());
@@ -774,6 +791,48 @@ mod tests {
             )
             .unwrap();
         assert_eq!(events, 2);
+    }
+
+    #[test]
+    fn the_cache_never_keeps_a_record_a_later_write_of_its_batch_changed() {
+        let (_dir, mut writer) = writer();
+        let a = new_run("a");
+        let record = a.clone().into_record();
+        let started = bgrun_core::Event::render(
+            bgrun_core::Envelope {
+                run_id: &record.run_id,
+                session_id: &record.session_id,
+                created_at: record.created_at,
+            },
+            0,
+            "RunStarted",
+            &Default::default(),
+        );
+        let (created, _) = oneshot::channel();
+        let (appended, _) = oneshot::channel();
+        // The create's record says no events; the append in the same batch stores one.
+        writer.execute(&mut vec![
+            Command::Create {
+                run: Box::new(a),
+                reply: created,
+            },
+            Command::Append {
+                run_id: record.run_id.clone(),
+                events: vec![started],
+                reply: appended,
+            },
+        ]);
+        assert_eq!(status_of(&writer, "a"), Some(("PENDING".into(), Some(0))));
+        assert_eq!(writer.recent.get(&record.run_id), None);
+
+        // A create alone is remembered as committed.
+        let (created, _) = oneshot::channel();
+        writer.execute(&mut vec![Command::Create {
+            run: Box::new(new_run("b")),
+            reply: created,
+        }]);
+        let b = writer.recent.get(&RunId::parse("b").unwrap()).unwrap();
+        assert_eq!((b.status, b.last_event_index), (RunStatus::Pending, None));
     }
 
     #[test]
