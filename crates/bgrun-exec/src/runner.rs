@@ -32,7 +32,8 @@ pub(crate) struct Launch {
     /// The run's first event when the store started the run in the write that created it
     /// (`Store::create_and_start_run`): `record` is then `RUNNING`, with this event stored.
     pub(crate) started: Option<Event>,
-    /// The slot taken for a run started that way (none for a child: it runs in its parent's).
+    /// A slot taken for the run before its create (`Engine::start` with `exclusive_store`):
+    /// the run skips the start-order queue. None for a child: it runs in its parent's.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
