@@ -52,6 +52,53 @@ pub(crate) const CHECKPOINT_PAGES: i32 = 4000;
 /// (see `Writer::maybe_checkpoint`).
 pub(crate) const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
+/// How many pages the WAL grows by, once past [`CHECKPOINT_PAGES`], between two requests for a
+/// checkpoint. While commits keep coming, a checkpoint never copies the last frames, so the WAL
+/// stays past the threshold until it starts over; asking after every commit had the
+/// checkpointer copy a few pages and sync the database hundreds of times a second.
+pub(crate) const CHECKPOINT_STEP_PAGES: i32 = CHECKPOINT_PAGES / 4;
+
+/// What the writer does about the WAL after a commit.
+#[derive(Debug, PartialEq, Eq)]
+enum CheckpointAction {
+    Nothing,
+    /// Ask the checkpointer thread (it copies concurrently with later commits).
+    Request,
+    /// Checkpoint on the writer's own connection, between two batches.
+    Finish,
+}
+
+/// When to checkpoint, from the WAL's size in pages after each commit.
+#[derive(Debug)]
+struct CheckpointSchedule {
+    /// The size at which the checkpointer is asked next.
+    next_request: i32,
+}
+
+impl CheckpointSchedule {
+    fn new() -> Self {
+        Self {
+            next_request: CHECKPOINT_PAGES,
+        }
+    }
+
+    fn after_commit(&mut self, wal_pages: i32) -> CheckpointAction {
+        if wal_pages >= WAL_LIMIT_PAGES {
+            self.next_request = CHECKPOINT_PAGES;
+            CheckpointAction::Finish
+        } else if wal_pages < CHECKPOINT_PAGES {
+            // Small, or started over since the last request.
+            self.next_request = CHECKPOINT_PAGES;
+            CheckpointAction::Nothing
+        } else if wal_pages >= self.next_request {
+            self.next_request = wal_pages + CHECKPOINT_STEP_PAGES;
+            CheckpointAction::Request
+        } else {
+            CheckpointAction::Nothing
+        }
+    }
+}
+
 thread_local! {
     /// The WAL's size in pages after the last commit on this thread, as SQLite reports it.
     static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
@@ -345,6 +392,7 @@ pub(crate) struct Writer {
     done: Vec<Done>,
     /// Asks the checkpointer thread for a checkpoint; `None`: SQLite checkpoints in commits.
     checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
+    checkpoint_schedule: CheckpointSchedule,
 }
 
 /// The transaction of the current batch cannot be trusted any more.
@@ -360,6 +408,7 @@ impl Writer {
             appended: HashSet::new(),
             done: Vec::with_capacity(MAX_BATCH),
             checkpoints: None,
+            checkpoint_schedule: CheckpointSchedule::new(),
         }
     }
 
@@ -373,26 +422,30 @@ impl Writer {
 
     /// Asks for a checkpoint when the last commit left the WAL large; never waits. Finishes one
     /// itself when the WAL grew past [`WAL_LIMIT_PAGES`].
-    fn maybe_checkpoint(&self) {
+    fn maybe_checkpoint(&mut self) {
         let Some(nudge) = &self.checkpoints else {
             return;
         };
-        let pages = WAL_PAGES.get();
-        if pages >= WAL_LIMIT_PAGES {
-            // The checkpointer copies concurrently with commits, so while writes keep coming
-            // it never copies the very last frame, and the WAL (which starts over only once
-            // all of it is copied) keeps growing. Here no commit runs concurrently: what is
-            // left is copied (most of it already was), and the next commit starts it over.
-            WAL_PAGES.set(0);
-            if let Err(error) =
-                self.conn
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(%error, "checkpointing the SQLite WAL");
-            }
-        } else if pages >= CHECKPOINT_PAGES {
+        match self.checkpoint_schedule.after_commit(WAL_PAGES.get()) {
+            CheckpointAction::Nothing => {}
             // Full: a checkpoint is already asked for.
-            let _ = nudge.try_send(());
+            CheckpointAction::Request => {
+                let _ = nudge.try_send(());
+            }
+            CheckpointAction::Finish => {
+                // The checkpointer copies concurrently with commits, so while writes keep
+                // coming it never copies the very last frame, and the WAL (which starts over
+                // only once all of it is copied) keeps growing. Here no commit runs
+                // concurrently: what is left is copied (most of it already was), and the next
+                // commit starts it over.
+                WAL_PAGES.set(0);
+                if let Err(error) =
+                    self.conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "checkpointing the SQLite WAL");
+                }
+            }
         }
     }
 
@@ -656,6 +709,44 @@ mod tests {
             created_at: run.created_at,
         };
         Event::render(envelope, index, "RunContent", &Default::default())
+    }
+
+    #[test]
+    fn the_checkpointer_is_asked_once_per_step_not_after_every_commit() {
+        let mut schedule = CheckpointSchedule::new();
+        let mut requests = Vec::new();
+        let mut finished_at = None;
+        // Commits of 7 pages each, until the writer finishes a checkpoint itself.
+        for pages in (7..).step_by(7) {
+            match schedule.after_commit(pages) {
+                CheckpointAction::Nothing => {}
+                CheckpointAction::Request => requests.push(pages),
+                CheckpointAction::Finish => {
+                    finished_at = Some(pages);
+                    break;
+                }
+            }
+        }
+        let finished_at = finished_at.unwrap();
+        assert!((WAL_LIMIT_PAGES..WAL_LIMIT_PAGES + 7).contains(&finished_at));
+        assert_eq!(
+            requests.len() as i32,
+            (WAL_LIMIT_PAGES - CHECKPOINT_PAGES) / CHECKPOINT_STEP_PAGES
+        );
+        assert!((CHECKPOINT_PAGES..CHECKPOINT_PAGES + 7).contains(&requests[0]));
+        for pair in requests.windows(2) {
+            assert!(pair[1] - pair[0] >= CHECKPOINT_STEP_PAGES);
+        }
+        // The WAL started over: asked again once it is past the threshold.
+        assert_eq!(schedule.after_commit(7), CheckpointAction::Nothing);
+        assert_eq!(
+            schedule.after_commit(CHECKPOINT_PAGES),
+            CheckpointAction::Request
+        );
+        assert_eq!(
+            schedule.after_commit(CHECKPOINT_PAGES + 7),
+            CheckpointAction::Nothing
+        );
     }
 
     fn writer() -> (tempfile::TempDir, Writer) {
