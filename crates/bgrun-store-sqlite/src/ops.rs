@@ -37,6 +37,35 @@ fn expiry(now_ms: i64, ttl: Duration) -> i64 {
 
 /// `Store::create_run`.
 pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcome> {
+    insert_run(conn, run, None).map(|outcome| outcome.created)
+}
+
+/// `Store::create_and_start_run`: the run's row is inserted `RUNNING` with its `RunStarted`
+/// event, as `create` followed by the `PENDING -> RUNNING` transition would leave it, in one
+/// insert rather than an insert, a read and an update.
+pub(crate) fn create_and_start(
+    conn: &Connection,
+    run: NewRun,
+    started: &Event,
+) -> StoreResult<CreateAndStart> {
+    // Checked before the create: once it is written, a refused start would break the batch.
+    if started.index() != 0 {
+        return Err(StoreError::IndexConflict {
+            run_id: run.run_id,
+            expected: 0,
+            got: started.index(),
+        });
+    }
+    insert_run(conn, run, Some(started))
+}
+
+/// Creates `run`: `PENDING`, or, given its `RunStarted` event (index 0) and with no cancel
+/// intent waiting for it, `RUNNING` with that event.
+fn insert_run(
+    conn: &Connection,
+    run: NewRun,
+    started: Option<&Event>,
+) -> StoreResult<CreateAndStart> {
     if let Some(key) = &run.idempotency_key {
         let earlier = conn
             .prepare_cached(&format!(
@@ -46,7 +75,10 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
             .map_err(sql("looking up an idempotency key"))?;
         if let Some(earlier) = earlier {
             if run.created_at.saturating_sub(earlier.created_at) < IDEMPOTENCY_WINDOW_SECS {
-                return Ok(CreateOutcome::Existing(earlier));
+                return Ok(CreateAndStart {
+                    created: CreateOutcome::Existing(earlier),
+                    started: None,
+                });
             }
             // The key's window has passed: it is free for this run, if the run can be created
             // (a refused write must change nothing).
@@ -68,11 +100,25 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_intents WHERE run_id = ?1)")
         .and_then(|mut stmt| stmt.query_row([run.run_id.as_str()], |row| row.get(0)))
         .map_err(sql("checking for a cancel intent"))?;
+    // A run asked to cancel is created `PENDING`, for the engine to cancel it.
+    let start = match started {
+        Some(event) if !cancel_requested => Some((
+            Transition::new(RunStatus::Pending, RunStatus::Running).at,
+            // Encoded before the insert: a refusal must come before anything is written.
+            blocks::blocks(std::slice::from_ref(event))?,
+        )),
+        _ => None,
+    };
+    let (status, updated_at, last_event_index) = match &start {
+        Some((at, _)) => (RunStatus::Running, *at, Some(0)),
+        None => (RunStatus::Pending, run.created_at, None),
+    };
     let inserted = conn
         .prepare_cached(
             "INSERT INTO runs (run_id, session_id, user_id, kind, component_id, parent_run_id, \
-             status, input, params, metadata, idempotency_key, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+             status, input, params, metadata, idempotency_key, created_at, updated_at, \
+             last_event_index) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -82,19 +128,38 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
                 run.target.kind.as_str(),
                 run.target.component_id,
                 run.parent_run_id.as_ref().map(RunId::as_str),
-                RunStatus::Pending.as_str(),
+                status.as_str(),
                 run.input,
                 params_to_sql(&run.params),
                 metadata_to_sql(run.metadata.as_ref()),
                 run.idempotency_key,
                 run.created_at,
+                updated_at,
+                last_event_index,
             ])
         });
     match inserted {
-        Ok(_) => Ok(CreateOutcome::Created {
-            run: run.into_record(),
-            cancel_requested,
-        }),
+        Ok(_) => {
+            let created = run.into_record();
+            let started = match start {
+                Some((at, blocks)) => {
+                    insert_blocks(conn, conn.last_insert_rowid(), &blocks)?;
+                    let mut running = created.clone();
+                    running.status = RunStatus::Running;
+                    running.updated_at = at;
+                    running.last_event_index = Some(0);
+                    Some(running)
+                }
+                None => None,
+            };
+            Ok(CreateAndStart {
+                created: CreateOutcome::Created {
+                    run: created,
+                    cancel_requested,
+                },
+                started,
+            })
+        }
         // The idempotency key was checked (and freed if stale) above, so the one unique
         // constraint left to break is the run id's.
         Err(rusqlite::Error::SqliteFailure(error, _))
@@ -104,43 +169,6 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
         }
         Err(error) => Err(StoreError::backend("inserting a run", error)),
     }
-}
-
-/// `Store::create_and_start_run`.
-pub(crate) fn create_and_start(
-    conn: &Connection,
-    run: NewRun,
-    started: &Event,
-) -> StoreResult<CreateAndStart> {
-    // Checked before the create: once it is written, a refused start would break the batch.
-    if started.index() != 0 {
-        return Err(StoreError::IndexConflict {
-            run_id: run.run_id,
-            expected: 0,
-            got: started.index(),
-        });
-    }
-    let created = create(conn, run)?;
-    let started = match &created {
-        CreateOutcome::Created {
-            run,
-            cancel_requested: false,
-        } => {
-            let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
-            match self::transition(
-                conn,
-                &run.run_id,
-                &transition,
-                std::slice::from_ref(started),
-            )? {
-                TransitionOutcome::Applied(run) => Some(*run),
-                // Not in the transaction that just created it `PENDING`.
-                TransitionOutcome::Conflict { .. } => None,
-            }
-        }
-        _ => None,
-    };
-    Ok(CreateAndStart { created, started })
 }
 
 /// The index a log whose last index is `last` takes next.
@@ -210,13 +238,18 @@ fn explain_refusal(run_id: &RunId, last: Option<u64>, events: &[Event]) -> Store
 
 /// Writes `events` (consecutive, as the caller checked) as blocks.
 fn insert_events(conn: &Connection, seq: i64, events: &[Event]) -> StoreResult<()> {
+    insert_blocks(conn, seq, &blocks::blocks(events)?)
+}
+
+/// Inserts the blocks of the run whose rowid is `seq`.
+fn insert_blocks(conn: &Connection, seq: i64, blocks: &[blocks::Block]) -> StoreResult<()> {
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO event_blocks (run_seq, last_index, first_index, codec, body) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .map_err(sql("inserting events"))?;
-    for block in blocks::blocks(events)? {
+    for block in blocks {
         let (first, last) = (
             index_to_sql(block.first_index)?,
             index_to_sql(block.last_index)?,

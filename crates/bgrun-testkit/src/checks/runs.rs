@@ -180,6 +180,16 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
                 &stored,
                 running,
             )?;
+            // Listed as stored, which a store answering `get_run` from memory does not show.
+            let running_filter = RunFilter {
+                status: Some(RunStatus::Running),
+                ..RunFilter::default()
+            };
+            expect_eq(
+                "list_runs(RUNNING) after run-started was started",
+                &list_all(store, &running_filter, 10).await?,
+                &vec![running.clone()],
+            )?;
             expect_events(
                 "the events of run-started",
                 &read_all(store, &record.run_id, 10).await?,
