@@ -4,12 +4,13 @@
 //! block turns a 100,000-event replay into a few hundred rows. The events of a block are
 //! consecutive: the row keeps its first and last index, and the index of each event is its
 //! position. An append is cut into blocks of at most [`MAX_BLOCK_BYTES`] of events, each stored
-//! in one of two ways (the `codec` column, [`Codec`]):
+//! in one of three ways (the `codec` column, [`Codec`]):
 //!
-//! - LZ4-compressed frames, when the events' frames are lines (`Event::frames_as_lines`: every
-//!   event the engine makes) and compression makes the block smaller (nearly always: a run's
-//!   events repeat its ids and field names). The text is the events' server-sent-event frames,
-//!   exactly as a stream sends them (`Event::push_frame`):
+//! - Frames, when the events' frames are lines (`Event::frames_as_lines`: every event the
+//!   engine makes): the events' server-sent-event frames, exactly as a stream sends them
+//!   (`Event::push_frame`), LZ4-compressed when the block holds at least
+//!   [`COMPRESS_FROM_BYTES`] of them and compression makes it smaller (nearly always: a run's
+//!   events repeat its ids and field names):
 //!
 //!   ```text
 //!   id: 0\nevent: RunStarted\ndata: {"event":"RunStarted",...}\n\nid: 1\nevent: ...
@@ -36,6 +37,12 @@ use bgrun_core::{Event, StoreError, StoreResult};
 /// finds most of the repeats of a run's events within this much.
 pub(crate) const MAX_BLOCK_BYTES: usize = 32 * 1024;
 
+/// The fewest bytes of frames a block is compressed from. LZ4 zeroes a hash table of 8 KiB or
+/// more for every block it compresses: for the few events of a short run's append that cost
+/// more than the whole rest of encoding the block (15 % of the writer's instructions in a
+/// run's create and end, counted with callgrind), for a few hundred bytes saved.
+pub(crate) const COMPRESS_FROM_BYTES: usize = 1024;
+
 /// How a block's body is stored: the `codec` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Codec {
@@ -44,6 +51,8 @@ pub(crate) enum Codec {
     /// The events' frames ([`encode_frames`]) compressed as one LZ4 block, their length first
     /// (4 bytes, little-endian: `lz4_flex::block::compress_prepend_size`).
     Lz4,
+    /// The events' frames ([`encode_frames`]) as they are (since migration 6).
+    Frames,
 }
 
 impl Codec {
@@ -52,6 +61,7 @@ impl Codec {
         match self {
             Self::Plain => 0,
             Self::Lz4 => 1,
+            Self::Frames => 2,
         }
     }
 
@@ -60,6 +70,7 @@ impl Codec {
         match value {
             0 => Ok(Self::Plain),
             1 => Ok(Self::Lz4),
+            2 => Ok(Self::Frames),
             other => Err(StoreError::backend(
                 "reading events",
                 format!("a stored block has the unknown codec {other} (written by a newer bgrun?)"),
@@ -94,13 +105,17 @@ pub(crate) fn blocks(events: &[Event]) -> StoreResult<Vec<Block>> {
             .max(1);
         let (these, after) = rest.split_at(len);
         rest = after;
-        let compressed =
-            encode_frames(these).map(|frames| lz4_flex::block::compress_prepend_size(&frames));
-        // The plain body is made only when it is what is stored: its length is known before.
-        let plain_len: usize = these.iter().map(encoded_len).sum();
-        let (codec, body) = match compressed {
-            Some(compressed) if compressed.len() < plain_len => (Codec::Lz4, compressed),
-            _ => (Codec::Plain, encode(these)?),
+        let (codec, body) = match encode_frames(these) {
+            Some(frames) if frames.len() < COMPRESS_FROM_BYTES => (Codec::Frames, frames),
+            Some(frames) => {
+                let compressed = lz4_flex::block::compress_prepend_size(&frames);
+                if compressed.len() < frames.len() {
+                    (Codec::Lz4, compressed)
+                } else {
+                    (Codec::Frames, frames)
+                }
+            }
+            None => (Codec::Plain, encode(these)?),
         };
         blocks.push(Block {
             first_index: first.index(),
@@ -164,13 +179,17 @@ pub(crate) fn decode(
                 .map_err(|_| malformed(first_index))?;
             decode_frames(first_index, &Arc::from(text), after, limit, out)
         }
+        Codec::Frames => {
+            let text = std::str::from_utf8(body).map_err(|_| malformed(first_index))?;
+            decode_frames(first_index, &Arc::from(text), after, limit, out)
+        }
     }
 }
 
 /// Appends to `page` the frames of the events of a stored block (`first_index..=last_index`)
-/// after `after`, at most `limit` of them; returns how many. An LZ4 block is expanded straight
-/// into `page` and looked through only where the events asked for start or stop inside it: no
-/// event is decoded.
+/// after `after`, at most `limit` of them; returns how many. A block of frames is copied (an LZ4
+/// one expanded) straight into `page` and looked through only where the events asked for start
+/// or stop inside it: no event is decoded.
 pub(crate) fn push_frames(
     page: &mut Vec<u8>,
     block: (u64, u64),
@@ -198,7 +217,11 @@ pub(crate) fn push_frames(
         .ok_or_else(|| malformed(first_index))?;
     let take = left.min(limit as u64);
     let base = page.len();
-    expand_into(page, first_index, body)?;
+    if codec == Codec::Lz4 {
+        expand_into(page, first_index, body)?;
+    } else {
+        page.extend_from_slice(body);
+    }
     match frames_in(
         page.get(base..).unwrap_or_default(),
         block,
@@ -504,11 +527,36 @@ mod tests {
     }
 
     #[test]
-    fn a_block_that_compression_does_not_shrink_is_stored_as_it_is() {
-        let events = [event(0, "A", "{}")];
-        let blocks = blocks(&events).unwrap();
-        assert_eq!(blocks[0].codec, Codec::Plain);
-        assert_eq!(blocks[0].body, encode(&events).unwrap());
+    fn a_small_block_or_one_compression_does_not_shrink_is_stored_as_frames() {
+        // Under `COMPRESS_FROM_BYTES`: not compressed at all.
+        let small = vec![
+            event(0, "RunStarted", r#"{"content":"tick"}"#),
+            event(1, "RunContent", r#"{"content":"tick"}"#),
+        ];
+        // Larger, but with no repeat for LZ4 to find.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: String = (0..COMPRESS_FROM_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[(state % 36) as usize])
+            })
+            .collect();
+        let noisy = vec![event(0, "RunContent", &format!(r#"{{"n":"{noise}"}}"#))];
+        for events in [small, noisy] {
+            let blocks = blocks(&events).unwrap();
+            assert_eq!(blocks.len(), 1);
+            assert_eq!(blocks[0].codec, Codec::Frames);
+            assert_eq!(blocks[0].body, Frames::of(&events).to_vec());
+            assert_eq!(read(&blocks, None, 10).unwrap(), events);
+            assert_eq!(read(&blocks, Some(0), 10).unwrap(), events[1..]);
+            assert_eq!(frames_of(&blocks, None, 10).0, Frames::of(&events).to_vec());
+            assert_eq!(
+                frames_of(&blocks, Some(0), 10).0,
+                Frames::of(&events[1..]).to_vec()
+            );
+        }
     }
 
     #[test]
@@ -609,6 +657,14 @@ mod tests {
         );
     }
 
+    /// A block's body holding `text` as `codec` stores it.
+    fn stored(codec: Codec, text: &[u8]) -> Vec<u8> {
+        match codec {
+            Codec::Lz4 => lz4_flex::block::compress_prepend_size(text),
+            Codec::Frames | Codec::Plain => text.to_vec(),
+        }
+    }
+
     #[test]
     fn a_malformed_block_of_frames_is_an_error() {
         let good = encode_frames(&[event(0, "RunStarted", "{\"a\":\"é\"}")]).unwrap();
@@ -616,55 +672,61 @@ mod tests {
             good,
             "id: 0\nevent: RunStarted\ndata: {\"a\":\"é\"}\n\n".as_bytes()
         );
-        for broken in [
-            "id: 0\nevent: RunStarted\ndata: {}\n",
-            "id: 0\nevent: RunStarted\ndata: {}",
-            "id: 1\nevent: RunStarted\ndata: {}\n\n",
-            "id: 0\ndata: {}\n\n",
-            "id: 0\nevent: RunStarted\ndata: {}\nx\n",
-            "event: RunStarted\ndata: {}\n\n",
-        ] {
-            let body = lz4_flex::block::compress_prepend_size(broken.as_bytes());
+        for codec in [Codec::Lz4, Codec::Frames] {
+            for broken in [
+                "id: 0\nevent: RunStarted\ndata: {}\n",
+                "id: 0\nevent: RunStarted\ndata: {}",
+                "id: 1\nevent: RunStarted\ndata: {}\n\n",
+                "id: 0\ndata: {}\n\n",
+                "id: 0\nevent: RunStarted\ndata: {}\nx\n",
+                "event: RunStarted\ndata: {}\n\n",
+            ] {
+                let body = stored(codec, broken.as_bytes());
+                let mut out = Vec::new();
+                let error = decode(0, codec, &body, None, 10, &mut out).unwrap_err();
+                assert!(
+                    error.to_string().contains("malformed"),
+                    "{codec:?} {broken:?}: {error}"
+                );
+            }
+            let not_utf8 = stored(codec, b"id: 0\nevent: A\ndata: \xff\n\n");
             let mut out = Vec::new();
-            let error = decode(0, Codec::Lz4, &body, None, 10, &mut out).unwrap_err();
-            assert!(
-                error.to_string().contains("malformed"),
-                "{broken:?}: {error}"
+            let error = decode(0, codec, &not_utf8, None, 10, &mut out).unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{error}");
+            let error =
+                push_frames(&mut Vec::new(), (0, 0), codec, &not_utf8, None, 10).unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{error}");
+            // Frames of a block whose text does not start with its first event's.
+            let shifted = stored(codec, &good);
+            let error =
+                push_frames(&mut Vec::new(), (5, 5), codec, &shifted, None, 10).unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{error}");
+            // A block claiming fewer events than its text holds; what was in the page stays.
+            let two = encode_frames(&[event(0, "A", "{}"), event(1, "B", "{}")]).unwrap();
+            let two = stored(codec, &two);
+            let mut page = b"kept".to_vec();
+            let error = push_frames(&mut page, (0, 0), codec, &two, None, 10).unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{error}");
+            assert_eq!(page, b"kept");
+            push_frames(&mut page, (0, 1), codec, &two, None, 10).unwrap();
+            assert_eq!(
+                page,
+                b"keptid: 0\nevent: A\ndata: {}\n\nid: 1\nevent: B\ndata: {}\n\n"
             );
+            // A block claiming more events than its text holds.
+            let error =
+                push_frames(&mut Vec::new(), (0, 3), codec, &shifted, Some(1), 1).unwrap_err();
+            assert!(error.to_string().contains("malformed"), "{error}");
         }
-        let not_utf8 = lz4_flex::block::compress_prepend_size(b"id: 0\nevent: A\ndata: \xff\n\n");
-        let mut out = Vec::new();
-        let error = decode(0, Codec::Lz4, &not_utf8, None, 10, &mut out).unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
-        let error =
-            push_frames(&mut Vec::new(), (0, 0), Codec::Lz4, &not_utf8, None, 10).unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
-        // Frames of a block whose text does not start with its first event's.
-        let shifted = lz4_flex::block::compress_prepend_size(&good);
-        let error =
-            push_frames(&mut Vec::new(), (5, 5), Codec::Lz4, &shifted, None, 10).unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
-        // A block claiming fewer events than its text holds; what was in the page stays.
-        let two = encode_frames(&[event(0, "A", "{}"), event(1, "B", "{}")]).unwrap();
-        let two = lz4_flex::block::compress_prepend_size(&two);
-        let mut page = b"kept".to_vec();
-        let error = push_frames(&mut page, (0, 0), Codec::Lz4, &two, None, 10).unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
-        assert_eq!(page, b"kept");
-        push_frames(&mut page, (0, 1), Codec::Lz4, &two, None, 10).unwrap();
-        assert_eq!(
-            page,
-            b"keptid: 0\nevent: A\ndata: {}\n\nid: 1\nevent: B\ndata: {}\n\n"
-        );
-        // A block claiming more events than its text holds.
-        let error =
-            push_frames(&mut Vec::new(), (0, 3), Codec::Lz4, &shifted, Some(1), 1).unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
     }
 
     #[test]
     fn an_unknown_codec_is_an_error() {
         assert_eq!(Codec::from_sql(Codec::Lz4.to_sql()).unwrap(), Codec::Lz4);
+        assert_eq!(
+            Codec::from_sql(Codec::Frames.to_sql()).unwrap(),
+            Codec::Frames
+        );
         assert_eq!(
             Codec::from_sql(Codec::Plain.to_sql()).unwrap(),
             Codec::Plain

@@ -163,6 +163,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE event_blocks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: codec 2, a block's frames as they are (small blocks are not compressed). Nothing
+    // changes in the tables: the version tells an older build, which would not read such
+    // blocks, that the file is newer than it.
+    "",
 ];
 
 /// The schema version this build writes.
