@@ -48,7 +48,7 @@ impl Event {
     /// its JSON holds a line break (compact JSON never does, nor any event `Event::render`
     /// makes). Only such events' frames can be told apart in a text of frames.
     pub fn frames_as_lines(&self) -> bool {
-        let breaks = |text: &str| text.bytes().any(|byte| byte == b'\n' || byte == b'\r');
+        let breaks = |text: &str| memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some();
         !breaks(self.event_type()) && !breaks(self.json())
     }
 }
