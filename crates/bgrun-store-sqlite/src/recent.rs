@@ -4,23 +4,27 @@
 //! record goes through the writer thread, so a record the writer committed stays true until the
 //! writer changes that run again. The writer keeps this cache exact:
 //!
-//! - before a batch runs, it forgets every run the batch may change: until the commit, callers
-//!   read those runs from the database (whatever they read there is true at the time they
-//!   read it);
+//! - before a batch runs, it forgets every run the batch may change. The runs whose status it
+//!   changes (and that it does not append to) are marked as changing: `get_run` of such a run
+//!   waits for the batch to end ([`RecentRuns::batch_ended`]) and answers what it committed, a
+//!   poll in the middle of a run's last write learning that the run ended rather than reading
+//!   its row as it was. The others are read from the database until the commit (whatever is
+//!   read there is true at the time it is read);
 //! - after the commit, and before it replies, it remembers the records the batch's creates and
 //!   status changes produced, except for runs the batch also appends to (the record a command
-//!   returned may then be older than the row). An append forgets its run until a later batch
-//!   changes its status.
+//!   returned may then be older than the row), and ends the batch. An append forgets its run
+//!   until a later batch changes its status.
 //!
-//! A failed batch leaves its runs forgotten. The cache holds at most [`RecentRuns::new`]'s bytes
-//! (an estimate of each record's size), oldest remembered first out; a record larger than
-//! [`MAX_RECORD_BYTES`] is not kept.
+//! A failed batch leaves its runs forgotten; a writer that stops ends every batch. The cache
+//! holds at most [`RecentRuns::new`]'s bytes (an estimate of each record's size), oldest
+//! remembered first out; a record larger than [`MAX_RECORD_BYTES`] is not kept.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bgrun_core::{RunId, RunRecord};
 use serde_json::Value;
+use tokio::sync::watch;
 
 /// The default bound of the cache: the estimated bytes of the records it holds.
 pub(crate) const DEFAULT_BYTES: usize = 16 << 20;
@@ -33,11 +37,27 @@ pub(crate) const MAX_RECORD_BYTES: usize = 16 << 10;
 pub(crate) struct RecentRuns {
     max_bytes: usize,
     inner: Mutex<Inner>,
+    /// The number of the last batch that ended (`u64::MAX` once the writer stopped).
+    ended: watch::Sender<u64>,
+}
+
+/// What the cache knows of a run.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Lookup {
+    /// The run as last committed.
+    Committed(Arc<RunRecord>),
+    /// The batch with this number is changing the run's status: look again once it ended.
+    Changing(u64),
+    /// Not held: read the database.
+    Unknown,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     runs: HashMap<RunId, Entry>,
+    /// The runs whose status the batch in progress changes, and that batch's number.
+    changing: HashSet<RunId>,
+    batch: u64,
     /// The order records were remembered in, by their generation; an id whose entry has a
     /// newer generation (or none) is stale and skipped.
     order: VecDeque<(u64, RunId)>,
@@ -58,6 +78,7 @@ impl RecentRuns {
         Self {
             max_bytes,
             inner: Mutex::new(Inner::default()),
+            ended: watch::Sender::new(0),
         }
     }
 
@@ -68,13 +89,66 @@ impl RecentRuns {
     }
 
     /// The run as last committed, if it is held.
+    #[cfg(test)]
     pub(crate) fn get(&self, run_id: &RunId) -> Option<RunRecord> {
-        let run = self
-            .lock()
-            .runs
-            .get(run_id)
-            .map(|entry| entry.run.clone())?;
-        Some(RunRecord::clone(&run))
+        match self.lookup(run_id) {
+            Lookup::Committed(run) => Some(RunRecord::clone(&run)),
+            Lookup::Changing(_) | Lookup::Unknown => None,
+        }
+    }
+
+    /// What it knows of the run.
+    pub(crate) fn lookup(&self, run_id: &RunId) -> Lookup {
+        let inner = self.lock();
+        if let Some(entry) = inner.runs.get(run_id) {
+            Lookup::Committed(Arc::clone(&entry.run))
+        } else if inner.changing.contains(run_id) {
+            Lookup::Changing(inner.batch)
+        } else {
+            Lookup::Unknown
+        }
+    }
+
+    /// Waits until the batch numbered `batch` ended (or the writer stopped).
+    pub(crate) async fn batch_ended(&self, batch: u64) {
+        let mut ended = self.ended.subscribe();
+        // An error: the sender is gone with the store, and nothing waits any longer.
+        let _ = ended.wait_for(|ended| *ended >= batch).await;
+    }
+
+    /// Starts batch number `batch` (each larger than the last), which changes the status of
+    /// `changing`: they are forgotten and marked as changing until [`end_batch`](Self::end_batch).
+    pub(crate) fn begin_batch<'a>(
+        &self,
+        batch: u64,
+        changing: impl IntoIterator<Item = &'a RunId>,
+    ) {
+        let mut inner = self.lock();
+        inner.batch = batch;
+        for run_id in changing {
+            if let Some(entry) = inner.runs.remove(run_id) {
+                inner.bytes -= entry.bytes;
+            }
+            inner.changing.insert(run_id.clone());
+        }
+    }
+
+    /// Ends the batch in progress: remembers the records it committed (none if it failed),
+    /// and wakes whoever waits for it.
+    pub(crate) fn end_batch(&self, committed: impl IntoIterator<Item = RunRecord>) {
+        let batch = {
+            let mut inner = self.lock();
+            inner.changing.clear();
+            self.remember_locked(&mut inner, committed);
+            inner.batch
+        };
+        self.ended.send_replace(batch);
+    }
+
+    /// The writer stopped: nothing changes any more, and no one waits.
+    pub(crate) fn writer_stopped(&self) {
+        self.lock().changing.clear();
+        self.ended.send_replace(u64::MAX);
     }
 
     /// Forgets runs about to change.
@@ -92,12 +166,12 @@ impl RecentRuns {
     }
 
     /// Remembers committed records, evicting the oldest past the bound.
-    pub(crate) fn remember(&self, runs: impl IntoIterator<Item = RunRecord>) {
-        let mut runs = runs.into_iter().peekable();
-        if runs.peek().is_none() {
-            return;
-        }
-        let mut inner = self.lock();
+    #[cfg(test)]
+    fn remember(&self, runs: impl IntoIterator<Item = RunRecord>) {
+        self.remember_locked(&mut self.lock(), runs);
+    }
+
+    fn remember_locked(&self, inner: &mut Inner, runs: impl IntoIterator<Item = RunRecord>) {
         for run in runs {
             let bytes = record_bytes(&run);
             if bytes > MAX_RECORD_BYTES || bytes > self.max_bytes {
@@ -216,6 +290,57 @@ mod tests {
         recent.forget([&record.run_id]);
         assert_eq!(recent.get(&record.run_id), None);
         assert_eq!(recent.lock().bytes, 0);
+    }
+
+    fn is_pending(future: std::pin::Pin<&mut impl std::future::Future>) -> bool {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        future.poll(&mut context).is_pending()
+    }
+
+    #[test]
+    fn a_run_whose_status_a_batch_changes_is_answered_once_the_batch_ends() {
+        let recent = RecentRuns::new(DEFAULT_BYTES);
+        let (mut record, other) = (run("hi"), run("other"));
+        recent.remember([record.clone(), other.clone()]);
+
+        recent.begin_batch(1, [&record.run_id]);
+        assert_eq!(recent.lookup(&record.run_id), Lookup::Changing(1));
+        assert_eq!(
+            recent.lookup(&other.run_id),
+            Lookup::Committed(Arc::new(other.clone()))
+        );
+        let waiting = recent.batch_ended(1);
+        tokio::pin!(waiting);
+        assert!(is_pending(waiting.as_mut()));
+
+        record.status = RunStatus::Completed;
+        recent.end_batch([record.clone()]);
+        assert!(!is_pending(waiting.as_mut()));
+        assert_eq!(
+            recent.lookup(&record.run_id),
+            Lookup::Committed(Arc::new(record.clone()))
+        );
+
+        // A failed batch leaves its runs to the database.
+        recent.begin_batch(2, [&record.run_id]);
+        recent.end_batch([]);
+        assert_eq!(recent.lookup(&record.run_id), Lookup::Unknown);
+        let ended = recent.batch_ended(2);
+        tokio::pin!(ended);
+        assert!(!is_pending(ended.as_mut()));
+    }
+
+    #[test]
+    fn no_one_waits_once_the_writer_stopped() {
+        let recent = RecentRuns::new(DEFAULT_BYTES);
+        let record = run("hi");
+        recent.begin_batch(1, [&record.run_id]);
+        let waiting = recent.batch_ended(1);
+        tokio::pin!(waiting);
+        assert!(is_pending(waiting.as_mut()));
+        recent.writer_stopped();
+        assert!(!is_pending(waiting.as_mut()));
+        assert_eq!(recent.lookup(&record.run_id), Lookup::Unknown);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reader::{self, Readers};
-use crate::recent::{self, RecentRuns};
+use crate::recent::{self, Lookup, RecentRuns};
 use crate::streams;
 use crate::writer::{self, Command, Reply, WriterStats};
 
@@ -166,8 +166,17 @@ impl Store for SqliteStore {
     }
 
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
-        if let Some(run) = self.recent.get(run_id) {
-            return Ok(Some(run));
+        match self.recent.lookup(run_id) {
+            Lookup::Committed(run) => return Ok(Some(RunRecord::clone(&run))),
+            // Its status is being written: what the batch commits is answered, not the row
+            // as it was.
+            Lookup::Changing(batch) => {
+                self.recent.batch_ended(batch).await;
+                if let Lookup::Committed(run) = self.recent.lookup(run_id) {
+                    return Ok(Some(RunRecord::clone(&run)));
+                }
+            }
+            Lookup::Unknown => {}
         }
         let run_id = run_id.clone();
         self.readers

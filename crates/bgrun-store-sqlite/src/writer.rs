@@ -389,6 +389,9 @@ pub(crate) struct Writer {
     recent: Arc<RecentRuns>,
     /// The runs the current batch appends to.
     appended: HashSet<RunId>,
+    /// The number of the last batch begun.
+    batch_number: u64,
+    _ends_batches: EndsBatchesOnDrop,
     done: Vec<Done>,
     /// Asks the checkpointer thread for a checkpoint; `None`: SQLite checkpoints in commits.
     checkpoints: Option<std::sync::mpsc::SyncSender<()>>,
@@ -399,13 +402,26 @@ pub(crate) struct Writer {
 #[derive(Debug)]
 struct Broken(String);
 
+/// Ends every batch when the writer goes away (returning or panicking), so that no `get_run`
+/// waits for a batch that will not end.
+#[derive(Debug)]
+struct EndsBatchesOnDrop(Arc<RecentRuns>);
+
+impl Drop for EndsBatchesOnDrop {
+    fn drop(&mut self) {
+        self.0.writer_stopped();
+    }
+}
+
 impl Writer {
     pub(crate) fn new(conn: Connection, stats: Arc<WriterStats>, recent: Arc<RecentRuns>) -> Self {
         Self {
             conn,
             stats,
+            _ends_batches: EndsBatchesOnDrop(Arc::clone(&recent)),
             recent,
             appended: HashSet::new(),
+            batch_number: 0,
             done: Vec::with_capacity(MAX_BATCH),
             checkpoints: None,
             checkpoint_schedule: CheckpointSchedule::new(),
@@ -467,17 +483,26 @@ impl Writer {
         self.stats
             .commands
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // Until the commit, the runs this batch changes are read from the database.
-        self.recent
-            .forget(batch.iter().filter_map(Command::changed_run));
         // A record a command of the batch returns is not the run's last state if the batch
-        // also appends to it: such runs stay forgotten.
+        // also appends to it: such runs are read from the database until the commit, and stay
+        // forgotten after it.
         self.appended.clear();
         self.appended
             .extend(batch.iter().filter_map(|command| match command {
                 Command::Append { run_id, .. } => Some(run_id.clone()),
                 _ => None,
             }));
+        self.recent.forget(&self.appended);
+        // The others whose status changes are answered once the batch ends.
+        self.batch_number += 1;
+        let appended = &self.appended;
+        self.recent.begin_batch(
+            self.batch_number,
+            batch
+                .iter()
+                .filter_map(Command::changed_run)
+                .filter(|run_id| !appended.contains(*run_id)),
+        );
         let outcome = self.run_batch(batch);
         let failed = outcome.err().map(|Broken(why)| why);
         if let Some(why) = &failed {
@@ -487,16 +512,15 @@ impl Writer {
                 self.done.push(failed_command(command));
             }
         }
-        if failed.is_none() {
-            // Before the replies: a caller told of its write finds it here.
-            let appended = &self.appended;
-            self.recent.remember(
-                self.done
-                    .iter()
-                    .filter_map(Done::committed_run)
-                    .filter(|run| !appended.contains(&run.run_id)),
-            );
-        }
+        // Before the replies: a caller told of its write finds it here.
+        let appended = &self.appended;
+        self.recent.end_batch(
+            self.done
+                .iter()
+                .filter(|_| failed.is_none())
+                .filter_map(Done::committed_run)
+                .filter(|run| !appended.contains(&run.run_id)),
+        );
         for done in self.done.drain(..) {
             done.send(failed.as_deref());
         }
