@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bgrun_core::Event;
+use bgrun_core::{Event, Frames};
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -32,16 +33,37 @@ impl StreamState {
             .and_then(|offset| self.events.get(offset as usize))
     }
 
-    /// Copies of the events held in `from..to` (as many as are held there), in order.
-    pub(crate) fn copy_range(&self, from: u64, to: u64) -> Vec<Event> {
+    /// The positions in `events` of the indices `from..to` (as many as are held there).
+    fn offsets(&self, from: u64, to: u64) -> std::ops::Range<usize> {
         let offset = |index: u64| {
             usize::try_from(index.saturating_sub(self.base))
                 .unwrap_or(usize::MAX)
                 .min(self.events.len())
         };
         let (start, end) = (offset(from), offset(to));
+        start..end.max(start)
+    }
+
+    /// Copies of the events held in `from..to` (as many as are held there), in order.
+    pub(crate) fn copy_range(&self, from: u64, to: u64) -> Vec<Event> {
         // Exactly sized: no growing and copying of the batch as it is filled.
-        self.events.range(start..end.max(start)).cloned().collect()
+        self.events.range(self.offsets(from, to)).cloned().collect()
+    }
+
+    /// The frames of the events held in `from..to` (as many as are held there), in one chunk.
+    pub(crate) fn frames_range(&self, from: u64, to: u64) -> Frames {
+        let range = self.offsets(from, to);
+        let (first_index, count) = (self.base + range.start as u64, range.len() as u64);
+        let events = self.events.range(range);
+        let mut out = Vec::with_capacity(events.clone().map(Event::frame_len).sum());
+        for event in events {
+            event.push_frame(&mut out);
+        }
+        Frames {
+            first_index,
+            count,
+            chunks: vec![Bytes::from(out)],
+        }
     }
 
     /// Drops durable events from the front until `held_bytes <= max_bytes` or only `keep` remain;

@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
-use bgrun_core::Event;
+use bgrun_core::{Event, Frames};
 use tokio::sync::watch;
 
-use crate::stream::StreamSlot;
+use crate::stream::{StreamSlot, StreamState};
 
-/// What [`Subscription::next_batch`] yields.
+/// What [`Subscription::next_batch`] yields (and [`Subscription::next_frames`], with the
+/// events as their frames).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Batch {
+pub enum Batch<T = Vec<Event>> {
     /// The next durable events, in order, without gaps.
-    Events(Vec<Event>),
+    Events(T),
     /// Events `from..to` left memory (they are in the store). Read them there, then
     /// [`seek`](Subscription::seek) to `to`.
     Evicted {
@@ -22,6 +23,17 @@ pub enum Batch {
     },
     /// The stream is closed and every event was yielded.
     End,
+}
+
+impl<T> Batch<T> {
+    /// The same batch, its events turned into `f(events)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Batch<U> {
+        match self {
+            Self::Events(events) => Batch::Events(f(events)),
+            Self::Evicted { from, to } => Batch::Evicted { from, to },
+            Self::End => Batch::End,
+        }
+    }
 }
 
 /// Follows one stream from an index on. Never yields an event the writer has not marked durable,
@@ -65,6 +77,21 @@ impl Subscription {
 
     /// Waits for up to `max` events after the position, then advances past them.
     pub async fn next_batch(&mut self, max: usize) -> Batch {
+        self.next_with(max, StreamState::copy_range).await
+    }
+
+    /// As [`next_batch`](Self::next_batch), the events as their frames, in one chunk: written
+    /// while the stream is locked, with no event copied (a replay from memory sends them as
+    /// they are).
+    pub async fn next_frames(&mut self, max: usize) -> Batch<Frames> {
+        self.next_with(max, StreamState::frames_range).await
+    }
+
+    async fn next_with<T>(
+        &mut self,
+        max: usize,
+        take: impl Fn(&StreamState, u64, u64) -> T,
+    ) -> Batch<T> {
         loop {
             {
                 let state = self.slot.lock();
@@ -78,7 +105,7 @@ impl Subscription {
                     let end = state
                         .durable
                         .min(self.next.saturating_add(max.max(1) as u64));
-                    let batch = state.copy_range(self.next, end);
+                    let batch = take(&state, self.next, end);
                     self.next = end;
                     self.durable_rx.mark_unchanged();
                     return Batch::Events(batch);

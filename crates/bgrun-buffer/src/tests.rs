@@ -220,3 +220,23 @@ async fn misuse_is_an_error() {
     // A closed stream can be opened again (a run re-queued after recovery).
     assert!(log.open("s", 11).is_ok());
 }
+
+#[tokio::test]
+async fn frames_are_the_frames_of_the_same_events() {
+    let log = EventLog::new(LogConfig::default());
+    let writer = log.open(1u32, 0).unwrap();
+    for _ in 0..5 {
+        writer.append(event).await.unwrap();
+    }
+    assert_eq!(writer.take(100).len(), 5);
+    writer.mark_durable(5).unwrap();
+    writer.close();
+    let mut reader = log.subscribe(&1, Some(0)).unwrap();
+    let expected: Vec<Event> = (1..4).map(event).collect();
+    assert_eq!(
+        reader.next_frames(3).await,
+        Batch::Events(bgrun_core::Frames::of(&expected))
+    );
+    assert_eq!(indices(&reader.next_batch(100).await), [4]);
+    assert_eq!(reader.next_frames(100).await, Batch::End);
+}

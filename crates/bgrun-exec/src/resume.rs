@@ -452,8 +452,21 @@ async fn fetch_inner(state: &mut FetchState) -> EngineResult<Chunk> {
         }
         if let Some(subscription) = state.subscription.as_mut() {
             subscription.seek(state.next);
-            match subscription.next_batch(MEMORY_BATCH).await {
-                Batch::Events(events) => return Ok(Chunk::Events(events)),
+            // A finished run's events are framed as they are taken from memory, with none
+            // copied. A live stream takes events, whose types say where the run ends.
+            let batch = if state.frames && subscription.is_closed() {
+                subscription
+                    .next_frames(MEMORY_BATCH)
+                    .await
+                    .map(Chunk::Frames)
+            } else {
+                subscription
+                    .next_batch(MEMORY_BATCH)
+                    .await
+                    .map(Chunk::Events)
+            };
+            match batch {
+                Batch::Events(chunk) => return Ok(chunk),
                 Batch::Evicted { from, to } => {
                     let limit = ((to - from) as usize).min(STORE_PAGE);
                     let chunk = read_page(

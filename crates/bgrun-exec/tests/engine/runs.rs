@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use bgrun_core::{
-    CancellationStage, Event, Frames, NewRun, RunId, RunKind, RunStatus, RunTarget, Store,
-    Transition,
+    CancellationStage, Event, Frames, NewRun, RunId, RunKind, RunRecord, RunStatus, RunTarget,
+    Store, Transition,
 };
-use bgrun_exec::{Chunk, EngineConfig, EngineError, MetaFrame, StartRequest};
+use bgrun_exec::{Chunk, Engine, EngineConfig, EngineError, MetaFrame, StartRequest};
 use futures::StreamExt;
 
 use crate::fixture::*;
@@ -462,15 +462,20 @@ async fn events_evicted_from_memory_are_read_from_the_store(backend: Backend) {
     assert_eq!(replay, live[11..]);
 }
 
-async fn a_reopened_store_replays_a_finished_run_exactly(backend: Backend) {
-    let f = fixture(backend).await;
-    let run = f
-        .engine
-        .start(StartRequest::agent("ticker", "").param("count", 100))
+/// A `ticker` run of `count` ticks, followed to its end: the run and its events.
+async fn finished_ticker(engine: &Engine, count: u64) -> (RunRecord, Vec<Event>) {
+    let run = engine
+        .start(StartRequest::agent("ticker", "").param("count", count))
         .await
         .unwrap()
         .run;
-    let original = all_events(&f.engine, &run.run_id, None).await;
+    let events = all_events(engine, &run.run_id, None).await;
+    (run, events)
+}
+
+async fn a_reopened_store_replays_a_finished_run_exactly(backend: Backend) {
+    let f = fixture(backend).await;
+    let (run, original) = finished_ticker(&f.engine, 100).await;
     f.engine.shutdown(Duration::from_secs(5)).await;
     let Fixture {
         backend,
@@ -511,6 +516,28 @@ async fn a_reopened_store_replays_a_finished_run_exactly(backend: Backend) {
     assert_eq!(framed.position(), 102);
     let keeps_frames = matches!(backend, Backend::Sqlite(_));
     assert_eq!(stored_frames, if keeps_frames { 52 } else { 0 });
+}
+
+/// A finished run its log still holds is framed as it is taken from memory, on any store (the
+/// PostgreSQL store keeps no frames): the same bytes as its events' frames.
+async fn a_finished_run_in_memory_is_replayed_as_frames(backend: Backend) {
+    let f = fixture(backend).await;
+    let (run, original) = finished_ticker(&f.engine, 100).await;
+    assert_eq!(original.len(), 102);
+    let mut framed = f.engine.events(&run.run_id, Some(9)).framed();
+    let mut sent = Vec::new();
+    loop {
+        match framed.next_chunk().await.unwrap() {
+            chunk if chunk.is_empty() => break,
+            Chunk::Frames(frames) => sent.extend_from_slice(&frames.to_vec()),
+            Chunk::Events(events) => panic!("events from memory: {}", events.len()),
+        }
+    }
+    assert_eq!(
+        String::from_utf8(sent).unwrap(),
+        String::from_utf8(Frames::of(&original[10..]).to_vec()).unwrap()
+    );
+    assert_eq!(framed.position(), 102);
 }
 
 async fn an_engine_takes_over_what_a_dead_process_left(backend: Backend) {
@@ -622,6 +649,7 @@ crate::on_every_store!(
     an_idempotency_key_returns_the_first_run,
     events_evicted_from_memory_are_read_from_the_store,
     a_reopened_store_replays_a_finished_run_exactly,
+    a_finished_run_in_memory_is_replayed_as_frames,
     an_engine_takes_over_what_a_dead_process_left,
     a_retryable_run_interrupted_by_shutdown_runs_again_in_the_next_engine,
     shutdown_past_the_grace_period_interrupts_what_still_runs,
