@@ -31,6 +31,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bgrun_core::{Event, StoreError, StoreResult};
+use bytes::Bytes;
 
 /// The most bytes of encoded events a block holds, unless one event alone is larger. A read
 /// that starts inside a block steps over the block's earlier events, so blocks stay small; LZ4
@@ -186,27 +187,13 @@ pub(crate) fn decode(
     }
 }
 
-/// Appends to `page` the frames of the events of a stored block (`first_index..=last_index`)
-/// after `after`, at most `limit` of them; returns how many. A block of frames is copied (an LZ4
-/// one expanded) straight into `page` and looked through only where the events asked for start
-/// or stop inside it: no event is decoded.
-pub(crate) fn push_frames(
-    page: &mut Vec<u8>,
-    block: (u64, u64),
-    codec: Codec,
-    body: &[u8],
+/// How many events of a stored block (`first_index..=last_index`) a read after `after` steps
+/// over, how many it could take, and how many it takes (at most `limit`).
+fn span(
+    (first_index, last_index): (u64, u64),
     after: Option<u64>,
     limit: usize,
-) -> StoreResult<usize> {
-    let (first_index, last_index) = block;
-    if codec == Codec::Plain {
-        let mut events = Vec::new();
-        decode_plain(first_index, body, after, limit, &mut events)?;
-        for event in &events {
-            event.push_frame(page);
-        }
-        return Ok(events.len());
-    }
+) -> StoreResult<(u64, u64, u64)> {
     let skip = after.map_or(0, |after| {
         after.saturating_add(1).saturating_sub(first_index)
     });
@@ -215,30 +202,61 @@ pub(crate) fn push_frames(
         .and_then(|span| span.checked_add(1))
         .and_then(|count| count.checked_sub(skip))
         .ok_or_else(|| malformed(first_index))?;
-    let take = left.min(limit as u64);
-    let base = page.len();
-    if codec == Codec::Lz4 {
-        expand_into(page, first_index, body)?;
-    } else {
-        page.extend_from_slice(body);
-    }
-    match frames_in(
-        page.get(base..).unwrap_or_default(),
-        block,
-        skip,
-        take,
-        left,
-    ) {
-        Ok((start, end)) => {
-            page.truncate(base + end);
-            page.drain(base..base + start);
+    Ok((skip, left, left.min(limit as u64)))
+}
+
+/// Appends to `page` the frames of the events of a stored block (`first_index..=last_index`)
+/// after `after`, at most `limit` of them; returns how many. A block of frames is copied (an LZ4
+/// one expanded) into `page` and looked through only where the events asked for start or stop
+/// inside it: no event is decoded.
+pub(crate) fn push_frames(
+    page: &mut Vec<u8>,
+    block: (u64, u64),
+    codec: Codec,
+    body: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<usize> {
+    let first_index = block.0;
+    match codec {
+        Codec::Plain => {
+            let mut events = Vec::new();
+            decode_plain(first_index, body, after, limit, &mut events)?;
+            for event in &events {
+                event.push_frame(page);
+            }
+            Ok(events.len())
+        }
+        Codec::Frames => {
+            let (skip, left, take) = span(block, after, limit)?;
+            let (start, end) =
+                frames_in(body, block, skip, take, left).map_err(|()| malformed(first_index))?;
+            page.extend_from_slice(body.get(start..end).unwrap_or_default());
             Ok(take as usize)
         }
-        Err(()) => {
-            page.truncate(base);
-            Err(malformed(first_index))
+        Codec::Lz4 => {
+            let (frames, count) = lz4_frames(block, body, after, limit)?;
+            page.extend_from_slice(&frames);
+            Ok(count)
         }
     }
+}
+
+/// The frames of the events of an LZ4 block (`first_index..=last_index`) after `after`, at most
+/// `limit` of them, and how many: the block expanded into a buffer of its own (no copy into a
+/// page), sliced where the events asked for start or stop inside it.
+pub(crate) fn lz4_frames(
+    block: (u64, u64),
+    body: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> StoreResult<(Bytes, usize)> {
+    let first_index = block.0;
+    let (skip, left, take) = span(block, after, limit)?;
+    let text = expand(first_index, body)?;
+    let (start, end) =
+        frames_in(&text, block, skip, take, left).map_err(|()| malformed(first_index))?;
+    Ok((Bytes::from(text).slice(start..end), take as usize))
 }
 
 /// Where, in the text of a block of frames, the `take` frames after the first `skip` start
@@ -278,15 +296,8 @@ fn frames_in(
     Ok((start, end))
 }
 
-/// The text of an LZ4 block.
+/// The text of an LZ4 block, expanded into a buffer that is not zeroed first.
 fn expand(first_index: u64, body: &[u8]) -> StoreResult<Vec<u8>> {
-    let mut text = Vec::new();
-    expand_into(&mut text, first_index, body)?;
-    Ok(text)
-}
-
-/// Appends the text of an LZ4 block to `out`.
-fn expand_into(out: &mut Vec<u8>, first_index: u64, body: &[u8]) -> StoreResult<()> {
     let (len, compressed) =
         lz4_flex::block::uncompressed_size(body).map_err(|_| malformed(first_index))?;
     // LZ4 expands at most 255 to 1: a larger length is a damaged block, not one to allocate
@@ -294,14 +305,10 @@ fn expand_into(out: &mut Vec<u8>, first_index: u64, body: &[u8]) -> StoreResult<
     if len > compressed.len().saturating_mul(255).saturating_add(16) {
         return Err(malformed(first_index));
     }
-    let base = out.len();
-    out.resize(base + len, 0);
-    match lz4_flex::block::decompress_into(compressed, &mut out[base..]) {
-        Ok(written) if written == len => Ok(()),
-        _ => {
-            out.truncate(base);
-            Err(malformed(first_index))
-        }
+    // Refuses to write past `len` (the decoder's bounds checks).
+    match lz4_flex::block::decompress(compressed, len) {
+        Ok(text) if text.len() == len => Ok(text),
+        _ => Err(malformed(first_index)),
     }
 }
 

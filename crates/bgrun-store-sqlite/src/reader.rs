@@ -227,9 +227,10 @@ fn block_row<'row>(
     Ok((first, last, blocks::Codec::from_sql(codec)?, body))
 }
 
-/// The size past which a read's frames go on in a new chunk: a few large writes rather than one
-/// per block, in buffers the allocator keeps for reuse (a buffer of megabytes is mapped and
-/// zeroed by the kernel anew each time).
+/// The size past which a read's frames of uncompressed blocks go on in a new chunk: a few large
+/// writes rather than one per block, in buffers the allocator keeps for reuse (a buffer of
+/// megabytes is mapped and zeroed by the kernel anew each time). An LZ4 block (up to
+/// `MAX_BLOCK_BYTES` of events) is expanded into a chunk of its own.
 const FRAMES_CHUNK: usize = 192 * 1024;
 
 /// `Store::read_event_frames`: what [`read_events`] reads, as frames.
@@ -257,7 +258,7 @@ pub(crate) fn read_event_frames(
     let mut rows = stmt
         .query(params![run_id.as_str(), after_sql])
         .map_err(sql("reading events"))?;
-    let mut page = Vec::with_capacity(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
+    let mut page = Vec::new();
     let mut read = 0;
     while read < limit {
         let Some(row) = rows.next().map_err(sql("reading events"))? else {
@@ -268,19 +269,33 @@ pub(crate) fn read_event_frames(
             // As `read_events`: the first event stored after `after`.
             frames.first_index = first.max(first_index);
         }
-        read += blocks::push_frames(&mut page, (first, last), codec, body, after, limit - read)?;
-        if page.len() >= FRAMES_CHUNK {
-            let next = Vec::with_capacity(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
-            frames
-                .chunks
-                .push(Bytes::from(std::mem::replace(&mut page, next)));
+        if codec == blocks::Codec::Lz4 {
+            // Expanded into a chunk of its own: not copied into the page.
+            let (chunk, count) = blocks::lz4_frames((first, last), body, after, limit - read)?;
+            flush_page(&mut page, &mut frames.chunks);
+            frames.chunks.push(chunk);
+            read += count;
+        } else {
+            if page.capacity() == 0 {
+                page.reserve(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
+            }
+            read +=
+                blocks::push_frames(&mut page, (first, last), codec, body, after, limit - read)?;
+            if page.len() >= FRAMES_CHUNK {
+                flush_page(&mut page, &mut frames.chunks);
+            }
         }
     }
     frames.count = read as u64;
-    if !page.is_empty() {
-        frames.chunks.push(Bytes::from(page));
-    }
+    flush_page(&mut page, &mut frames.chunks);
     Ok(frames)
+}
+
+/// Moves what `page` holds into a chunk of its own, leaving it empty.
+fn flush_page(page: &mut Vec<u8>, chunks: &mut Vec<Bytes>) {
+    if !page.is_empty() {
+        chunks.push(Bytes::from(std::mem::take(page)));
+    }
 }
 
 /// `Store::cancel_requested`.
