@@ -104,7 +104,7 @@ fn insert_run(
     let start = match started {
         Some(event) if !cancel_requested => Some((
             Transition::new(RunStatus::Pending, RunStatus::Running).at,
-            // Encoded before the insert: a refusal must come before anything is written.
+            // Encoded before the insert: a refusal comes before the run is written.
             blocks::blocks(std::slice::from_ref(event))?,
         )),
         _ => None,

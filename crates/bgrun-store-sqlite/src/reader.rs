@@ -276,9 +276,8 @@ pub(crate) fn read_event_frames(
             frames.chunks.push(chunk);
             read += count;
         } else {
-            if page.capacity() == 0 {
-                page.reserve(FRAMES_CHUNK + blocks::MAX_BLOCK_BYTES * 2);
-            }
+            // Grown as it fills, not reserved: a chunk keeps its buffer's whole capacity, and
+            // a page may be flushed after one small block (an LZ4 block following it).
             read +=
                 blocks::push_frames(&mut page, (first, last), codec, body, after, limit - read)?;
             if page.len() >= FRAMES_CHUNK {
