@@ -215,9 +215,10 @@ pub struct EventStream {
 /// What a [`FramedStream`] gives at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
-    /// Events, in order (from memory, or from a store that keeps no frames).
+    /// Events, in order (a live run's from memory, or from a store that keeps no frames).
     Events(Vec<Event>),
-    /// Consecutive events as their frames, as the store keeps them.
+    /// Consecutive events as their frames (as the store keeps them, or a finished run's from
+    /// memory).
     Frames(Frames),
 }
 

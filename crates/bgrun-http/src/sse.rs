@@ -155,7 +155,19 @@ impl State {
             // The run's end comes as the end of the stream (the store has no more and the run
             // ended), after its terminal event.
             Ok(Chunk::Frames(frames)) => {
+                // The run's terminal event is the last of its log: it ends a chunk.
+                let ends_run = frames
+                    .chunks
+                    .last()
+                    .and_then(|chunk| last_frame(chunk))
+                    .is_some_and(|(event_type, json)| {
+                        self.terminal.contains(&event_type) && is_own(json, &self.run_id)
+                    });
                 self.frames.extend(frames.chunks);
+                if ends_run {
+                    // What is queued is still sent.
+                    self.finish();
+                }
                 return Some(self.frames.pop_front().unwrap_or_default());
             }
             Err(error) => {
@@ -188,18 +200,36 @@ trait OwnEvent {
 
 impl OwnEvent for Event {
     fn run_id_is(&self, run_id: &RunId) -> bool {
-        // The envelope renders `"run_id":"<id>"` right after the event type; compare the text
-        // rather than parse the whole event.
-        let json = self.json();
-        let needle_start = json.find(",\"run_id\":\"");
-        match needle_start {
-            Some(start) => {
-                let rest = &json[start + 11..];
-                rest.starts_with(run_id.as_str()) && rest[run_id.as_str().len()..].starts_with('"')
-            }
-            None => false,
-        }
+        is_own(self.json(), run_id)
     }
+}
+
+/// Whether an event's JSON is `run_id`'s own.
+fn is_own(json: &str, run_id: &RunId) -> bool {
+    // The envelope renders `"run_id":"<id>"` right after the event type; compare the text
+    // rather than parse the whole event.
+    match json.find(",\"run_id\":\"") {
+        Some(start) => {
+            let rest = &json[start + 11..];
+            rest.starts_with(run_id.as_str()) && rest[run_id.as_str().len()..].starts_with('"')
+        }
+        None => false,
+    }
+}
+
+/// The type and JSON of the last frame of a text of frames (each one `id:`, `event:` and
+/// `data:` line and a blank line); `None` if it does not end with such a frame.
+fn last_frame(frames: &[u8]) -> Option<(&str, &str)> {
+    let body = frames.strip_suffix(b"\n\n")?;
+    let start = body
+        .windows(2)
+        .rposition(|pair| pair == b"\n\n")
+        .map_or(0, |at| at + 2);
+    let mut lines = std::str::from_utf8(body.get(start..)?).ok()?.split('\n');
+    lines.next()?.strip_prefix("id: ")?;
+    let event_type = lines.next()?.strip_prefix("event: ")?;
+    let json = lines.next()?.strip_prefix("data: ")?;
+    lines.next().is_none().then_some((event_type, json))
 }
 
 impl SseStream {
@@ -280,11 +310,25 @@ mod tests {
         let mut out = Vec::new();
         event.push_frame(&mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.clone()).unwrap(),
             "id: 4\nevent: RunContent\ndata: {\"event\":\"RunContent\",\"run_id\":\"r\",\"session_id\":\"s\",\"created_at\":1,\"event_index\":4}\n\n"
         );
         assert!(event.run_id_is(&run_id));
         assert!(!event.run_id_is(&RunId::parse("x").unwrap()));
+        let json = event.json();
+        assert_eq!(last_frame(&out), Some(("RunContent", json)));
+        let mut two = b"id: 3\nevent: RunStarted\ndata: {}\n\n".to_vec();
+        two.extend_from_slice(&out);
+        assert_eq!(last_frame(&two), Some(("RunContent", json)));
+        for not_frames in [
+            &b""[..],
+            b"\n\n",
+            b"id: 4\nevent: A\n\n",
+            b"data: {}\n\n",
+            &out[..out.len() - 1],
+        ] {
+            assert_eq!(last_frame(not_frames), None, "{not_frames:?}");
+        }
         assert!(!event.run_id_is(&RunId::parse("").unwrap_or(RunId::parse("rr").unwrap())));
         let mut out = Vec::new();
         push_meta(
