@@ -58,6 +58,9 @@ pub(crate) const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 /// checkpointer copy a few pages and sync the database hundreds of times a second.
 pub(crate) const CHECKPOINT_STEP_PAGES: i32 = CHECKPOINT_PAGES / 4;
 
+/// How long after a checkpoint that left frames behind the checkpointer copies them unasked.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
 /// What the writer does about the WAL after a commit.
 #[derive(Debug, PartialEq, Eq)]
 enum CheckpointAction {
@@ -132,12 +135,31 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("bgrun-sqlite-ckpt".into())
             .spawn(move || {
-                while nudges.recv().is_ok() {
+                // Whether the last checkpoint left frames behind (committed while it copied).
+                let mut behind = false;
+                loop {
+                    let next = if behind {
+                        // Asked only once per `CHECKPOINT_STEP_PAGES`: when the writes stop,
+                        // what they left is copied a moment later all the same.
+                        nudges.recv_timeout(CATCH_UP)
+                    } else {
+                        nudges
+                            .recv()
+                            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected)
+                    };
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = next {
+                        break;
+                    }
                     // PASSIVE: copies what no reader still needs, never waits for the writer.
-                    if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "checkpointing the SQLite WAL");
+                    // Its row: busy, frames in the WAL, frames copied.
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    }) {
+                        Ok((frames, copied)) => behind = copied < frames,
+                        Err(error) => {
+                            behind = false;
+                            tracing::warn!(%error, "checkpointing the SQLite WAL");
+                        }
                     }
                 }
                 if let Err((_, error)) = conn.close() {
