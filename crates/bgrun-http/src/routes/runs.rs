@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::forms::{parse_urlencoded, Fields};
 use crate::state::AppState;
-use crate::view::run_json;
+use crate::view::RunView;
 
 /// The most runs one page holds.
 const MAX_LIMIT: i64 = 100;
@@ -40,7 +40,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path((kind, id, run_id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunView>> {
     let target = state.target(&kind, &id)?;
     let mut query = query_fields(query.as_deref())?;
     let session_id = query.string("session_id")?;
@@ -50,7 +50,7 @@ pub(crate) async fn get(
             "run {run_id:?} not found in this session"
         )));
     }
-    Ok(Json(run_json(&run)))
+    Ok(Json(RunView(run)))
 }
 
 /// `GET /{kind}/{id}/runs?session_id=&status=&limit=&cursor=`.
@@ -97,6 +97,6 @@ pub(crate) async fn list(
             }
             other => ApiError::from(other),
         })?;
-    let data: Vec<Value> = page.runs.iter().map(run_json).collect();
+    let data: Vec<RunView> = page.runs.into_iter().map(RunView).collect();
     Ok(Json(json!({"data": data, "next_cursor": page.next_cursor})))
 }

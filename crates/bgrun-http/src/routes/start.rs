@@ -13,7 +13,7 @@ use crate::forms::{read_fields, EmptyBody, StartFields};
 use crate::metrics::HttpMetrics;
 use crate::sse::{CancelOnDrop, SseStream};
 use crate::state::AppState;
-use crate::view::run_json;
+use crate::view::RunView;
 
 /// The header that makes a repeated start answer for the run it first created.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -75,7 +75,7 @@ pub(crate) async fn handler(
                     .await?
                     .unwrap_or(run),
             };
-            Ok(Json(run_json(&finished)).into_response())
+            Ok(Json(RunView(finished)).into_response())
         }
         (true, background) => {
             HttpMetrics::count(&state.metrics.streams);
