@@ -135,33 +135,13 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("bgrun-sqlite-ckpt".into())
             .spawn(move || {
-                // Whether the last checkpoint left frames behind (committed while it copied).
-                let mut behind = false;
-                loop {
-                    let next = if behind {
-                        // Asked only once per `CHECKPOINT_STEP_PAGES`: when the writes stop,
-                        // what they left is copied a moment later all the same.
-                        nudges.recv_timeout(CATCH_UP)
-                    } else {
-                        nudges
-                            .recv()
-                            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected)
-                    };
-                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = next {
-                        break;
-                    }
+                checkpoint_when_asked(&nudges, CATCH_UP, || {
                     // PASSIVE: copies what no reader still needs, never waits for the writer.
                     // Its row: busy, frames in the WAL, frames copied.
-                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
                         Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-                    }) {
-                        Ok((frames, copied)) => behind = copied < frames,
-                        Err(error) => {
-                            behind = false;
-                            tracing::warn!(%error, "checkpointing the SQLite WAL");
-                        }
-                    }
-                }
+                    })
+                });
                 if let Err((_, error)) = conn.close() {
                     tracing::warn!(%error, "closing the SQLite checkpointer connection");
                 }
@@ -171,6 +151,37 @@ impl Checkpointer {
             Err(error) => {
                 tracing::warn!(%error, "no checkpointer thread; the writer checkpoints");
                 None
+            }
+        }
+    }
+}
+
+/// The checkpointer's loop, until every sender of `nudges` is gone: a checkpoint each time it
+/// is asked, and `catch_up` after one that left frames behind (committed while it copied) if
+/// not asked before: the writer asks only once per [`CHECKPOINT_STEP_PAGES`], and when writes
+/// stop, what they left is copied all the same. `checkpoint` answers the frames in the WAL and
+/// how many of them it copied.
+fn checkpoint_when_asked(
+    nudges: &std::sync::mpsc::Receiver<()>,
+    catch_up: Duration,
+    mut checkpoint: impl FnMut() -> rusqlite::Result<(i64, i64)>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut behind = false;
+    loop {
+        let next = if behind {
+            nudges.recv_timeout(catch_up)
+        } else {
+            nudges.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        if let Err(RecvTimeoutError::Disconnected) = next {
+            return;
+        }
+        match checkpoint() {
+            Ok((frames, copied)) => behind = copied < frames,
+            Err(error) => {
+                behind = false;
+                tracing::warn!(%error, "checkpointing the SQLite WAL");
             }
         }
     }
@@ -793,6 +804,31 @@ mod tests {
             schedule.after_commit(CHECKPOINT_PAGES + 7),
             CheckpointAction::Nothing
         );
+    }
+
+    #[test]
+    fn a_checkpoint_that_left_frames_behind_is_followed_by_one_unasked() {
+        let (nudge, nudges) = std::sync::mpsc::sync_channel(1);
+        let (calls, called) = std::sync::mpsc::channel();
+        let checkpointer = std::thread::spawn(move || {
+            let mut answers = [(10, 4), (12, 12), (20, 20)].into_iter();
+            checkpoint_when_asked(&nudges, Duration::from_millis(5), || {
+                let answer = answers.next().unwrap();
+                calls.send(answer).unwrap();
+                Ok(answer)
+            });
+        });
+        nudge.send(()).unwrap();
+        let wait = Duration::from_secs(10);
+        assert_eq!(called.recv_timeout(wait).unwrap(), (10, 4));
+        // Six frames were left: copied without being asked.
+        assert_eq!(called.recv_timeout(wait).unwrap(), (12, 12));
+        // All copied: the next one only when asked.
+        nudge.send(()).unwrap();
+        assert_eq!(called.recv_timeout(wait).unwrap(), (20, 20));
+        drop(nudge);
+        checkpointer.join().unwrap();
+        assert!(called.try_recv().is_err());
     }
 
     fn writer() -> (tempfile::TempDir, Writer) {
