@@ -152,10 +152,10 @@ impl State {
         };
         let batch = match batch {
             Ok(Chunk::Events(batch)) => batch,
-            // The run's end comes as the end of the stream (the store has no more and the run
-            // ended), after its terminal event.
+            // The run's own terminal event ends the stream here too: it is the last of its
+            // log, so it ends a chunk. Failing that, the end of the stream does (the store has
+            // no more and the run ended).
             Ok(Chunk::Frames(frames)) => {
-                // The run's terminal event is the last of its log: it ends a chunk.
                 let ends_run = frames
                     .chunks
                     .last()
