@@ -619,7 +619,8 @@ impl Sql {
         // `lease::check_fence` does for one write).
         // Locked in run id order, as every writer and the renewal lock leases: no cycle.
         let fenced = "fenced AS (SELECT l.run_id FROM {s}.leases l JOIN t \
-             ON l.run_id = t.run_id AND l.owner = t.fence ORDER BY l.run_id FOR SHARE OF l)";
+             ON l.run_id = t.run_id AND l.owner = t.fence WHERE l.run_id = ANY($1::text[]) \
+             ORDER BY l.run_id FOR SHARE OF l)";
         let insert_events = "INSERT INTO {s}.events (run_id, event_index, event_type, json) \
              SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
         Self {
@@ -660,7 +661,8 @@ impl Sql {
             ),
             release: in_schema(
                 "DELETE FROM {s}.leases AS l USING unnest($1::text[], $2::text[]) \
-                 AS t(run_id, owner) WHERE l.run_id = t.run_id AND l.owner = t.owner",
+                 AS t(run_id, owner) WHERE l.run_id = t.run_id AND l.run_id = ANY($1::text[]) \
+                 AND l.owner = t.owner",
             ),
             transition: in_schema(&format!(
                 "WITH t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
@@ -674,7 +676,8 @@ impl Sql {
                  cancellation_stage = COALESCE(t.stage, r.cancellation_stage), \
                  updated_at = t.at, write_token = t.token, \
                  last_event_index = COALESCE(t.last_index, r.last_event_index) \
-                 FROM t WHERE r.run_id = t.run_id AND r.status = t.from_status \
+                 FROM t WHERE r.run_id = t.run_id AND r.run_id = ANY($1::text[]) \
+                 AND r.status = t.from_status \
                  AND (t.first_index IS NULL \
                       OR COALESCE(r.last_event_index, -1) + 1 = t.first_index) \
                  AND (t.fence IS NULL OR t.run_id IN (SELECT run_id FROM fenced)) \
@@ -683,7 +686,8 @@ impl Sql {
                  $15::text[]) AS e(run_id, event_index, event_type, json) \
                  WHERE e.run_id IN (SELECT run_id FROM changed)), \
                  released AS (DELETE FROM {{s}}.leases AS l USING changed, t \
-                 WHERE l.run_id = changed.run_id AND t.run_id = changed.run_id AND t.release \
+                 WHERE l.run_id = changed.run_id AND l.run_id = ANY($1::text[]) \
+                 AND t.run_id = changed.run_id AND t.release \
                  AND l.owner = t.fence) \
                  SELECT * FROM changed"
             )),
@@ -692,7 +696,7 @@ impl Sql {
                  $4::bigint[]) AS t(run_id, fence, first_index, last_index)), \
                  {fenced}, \
                  advanced AS (UPDATE {{s}}.runs AS r SET last_event_index = t.last_index, \
-                 updated_at = $5 FROM t WHERE r.run_id = t.run_id \
+                 updated_at = $5 FROM t WHERE r.run_id = t.run_id AND r.run_id = ANY($1::text[]) \
                  AND r.status NOT IN ({terminal}) \
                  AND COALESCE(r.last_event_index, -1) + 1 = t.first_index \
                  AND (t.fence IS NULL OR t.run_id IN (SELECT run_id FROM fenced)) \

@@ -132,6 +132,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         WHERE ttl_secs IS NOT NULL AND NOT soft_deleted;
     "#,
     ),
+    (
+        4,
+        // A replica's leases by run id. On `(owner)` alone, the writers' release of a batch's
+        // leases was planned as a loop over the runs, each reading every lease of the owner:
+        // in bench P2, 54 ms of a 91 ms statement ending 245 runs. Keyed by both, each run's
+        // lease is one lookup, and a renewal reads the owner's leases in the order it locks
+        // them.
+        r#"
+    CREATE INDEX leases_owner_run ON {s}.leases (owner, run_id);
+    DROP INDEX {s}.leases_owner;
+    "#,
+    ),
 ];
 
 /// The schema name as a quoted identifier (the name is already validated: no quotes inside).

@@ -91,7 +91,7 @@ async fn replicas_starting_at_once_migrate_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     // Every replica sees what another wrote.
     let run = running_run(&stores[0]).await;
     assert_eq!(
