@@ -6,7 +6,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bgrun_exec::{StartRequest, Started};
-use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::forms::{read_fields, EmptyBody, StartFields};
@@ -14,6 +13,14 @@ use crate::metrics::HttpMetrics;
 use crate::sse::{CancelOnDrop, SseStream};
 use crate::state::AppState;
 use crate::view::RunView;
+
+/// The answer to a background start, written straight from the run (no JSON tree built).
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    run_id: &'a bgrun_core::RunId,
+    session_id: &'a bgrun_core::SessionId,
+    status: bgrun_core::RunStatus,
+}
 
 /// The header that makes a repeated start answer for the run it first created.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -59,11 +66,11 @@ pub(crate) async fn handler(
     match (stream, background) {
         (false, true) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "run_id": run.run_id,
-                "session_id": run.session_id,
-                "status": run.status,
-            })),
+            Json(Accepted {
+                run_id: &run.run_id,
+                session_id: &run.session_id,
+                status: run.status,
+            }),
         )
             .into_response()),
         (false, false) => {
