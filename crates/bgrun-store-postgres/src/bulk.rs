@@ -423,12 +423,11 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
         &append_events.types,
         &append_events.jsons,
     ];
-    let begin = format!("BEGIN; {}", crate::writer::BY_KEY);
     // `join!` polls in order, and a statement is queued on the connection when first polled:
     // they reach the server in this order, in one round trip. After a refused statement the
     // server ignores the rest of the transaction, and its `COMMIT` rolls back.
     let (begun, leased, released, transitioned, appended, committed) = futures::join!(
-        client.batch_execute(&begin),
+        client.batch_execute(concat!("BEGIN; ", crate::writer::by_key!())),
         async {
             if leases.run_ids.is_empty() {
                 return None;

@@ -57,8 +57,13 @@ const QUEUE_CAPACITY: usize = 4096;
 /// (auto_explain) in bench P1, 4,534 of 4,554 transition statements scanned `runs`, 466 µs
 /// median, against 114 µs for the index plans. With sequential scans priced out, every plan
 /// these statements can get looks rows up by their index, whatever the table's size when it
-/// was made.
-pub(crate) const BY_KEY: &str = "SET LOCAL enable_seqscan = off";
+/// was made. A macro, so that `concat!` joins it to the statements sent with it.
+macro_rules! by_key {
+    () => {
+        "SET LOCAL enable_seqscan = off"
+    };
+}
+pub(crate) use by_key;
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -493,8 +498,7 @@ async fn run_commands(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
         let mut pending = batch.into_iter();
         // The previous command's savepoint is released (kept, if it was rolled back to) as the
         // next one is taken, so they do not nest.
-        let first_savepoint = format!("{BY_KEY}; SAVEPOINT command");
-        let mut savepoint_sql = first_savepoint.as_str();
+        let mut savepoint_sql = concat!(by_key!(), "; SAVEPOINT command");
         for queued in pending.by_ref() {
             // One round trip: the savepoint is sent before the command's first statement.
             let (savepoint, result) = futures::join!(
