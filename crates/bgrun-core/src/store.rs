@@ -98,6 +98,30 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// [`create_and_start_run`](Store::create_and_start_run) for an engine that holds leases
+    /// (the store is shared by several processes): a run it starts is also leased to `owner`
+    /// for `ttl` from now (as [`acquire_lease`](Store::acquire_lease) grants it), all in one
+    /// atomic write. The run is then never `RUNNING` without its lease, and the engine's first
+    /// write after the create is the run's own.
+    ///
+    /// A run it does not start (not created, a cancel intent, a refused event) gets no lease.
+    /// The default creates the run only ([`CreateAndStart::started`] is `None`); the caller
+    /// then leases and starts it with a write of its own
+    /// ([`lease_and_transition`](Store::lease_and_transition)).
+    async fn create_and_start_leased(
+        &self,
+        run: NewRun,
+        started: &Event,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<CreateAndStart> {
+        let _ = (started, owner, ttl);
+        Ok(CreateAndStart {
+            created: self.create_run(run).await?,
+            started: None,
+        })
+    }
+
     /// The run, or `None`.
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>>;
 

@@ -111,11 +111,11 @@ async fn create_and_launch(
     component: Registered,
     parent: Option<Arc<ActiveRun>>,
 ) -> EngineResult<Started> {
-    // With no leases to take, a run that can execute at once is created and started in one
-    // store write (a child runs in its parent's slot). Not while the engine closes, nor for a
-    // child of a cancelled parent: those are created to end before they start.
-    let may_start = inner.config.exclusive_store
-        && !inner.closing.is_cancelled()
+    // A run that can execute at once is created and started (and leased, where leases are
+    // used) in one store write (a child runs in its parent's slot). Not while the engine
+    // closes, nor for a child of a cancelled parent: those are created to end before they
+    // start.
+    let may_start = !inner.closing.is_cancelled()
         && !parent
             .as_ref()
             .is_some_and(|parent| parent.cancel.is_cancelled());
@@ -147,8 +147,9 @@ async fn create_and_launch(
     }
 }
 
-/// Creates the run and starts it in the same store write (`Store::create_and_start_run`),
-/// then launches it in `permit`'s slot; a run the store did not start is launched as created.
+/// Creates the run and starts it in the same store write (`Store::create_and_start_run`, or
+/// `Store::create_and_start_leased` where leases are used), then launches it in `permit`'s
+/// slot; a run the store did not start is launched as created.
 async fn create_started(
     inner: Arc<EngineInner>,
     new_run: NewRun,
@@ -182,7 +183,19 @@ async fn create_and_launch_started(
         new_run.target.kind.started_event(),
         &Map::new(),
     );
-    let outcome = inner.store.create_and_start_run(new_run, &started).await?;
+    let outcome = if inner.config.exclusive_store {
+        inner.store.create_and_start_run(new_run, &started).await?
+    } else {
+        inner
+            .store
+            .create_and_start_leased(
+                new_run,
+                &started,
+                &inner.config.owner,
+                inner.config.lease_ttl,
+            )
+            .await?
+    };
     let (run, cancel_requested) = match outcome.created {
         CreateOutcome::Existing(run) => {
             return Ok(Started {

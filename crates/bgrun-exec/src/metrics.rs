@@ -76,6 +76,15 @@ impl CountingStore {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
+    fn count_create_and_start(&self, outcome: &CreateAndStart, started: &Event) {
+        if matches!(outcome.created, CreateOutcome::Created { .. }) {
+            self.counters.created.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.started.is_some() {
+            self.count_appended(std::slice::from_ref(started));
+        }
+    }
+
     fn count_transition(
         &self,
         transition: &Transition,
@@ -114,12 +123,22 @@ impl Store for CountingStore {
         started: &Event,
     ) -> StoreResult<CreateAndStart> {
         let outcome = self.inner.create_and_start_run(run, started).await?;
-        if matches!(outcome.created, CreateOutcome::Created { .. }) {
-            self.counters.created.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.started.is_some() {
-            self.count_appended(std::slice::from_ref(started));
-        }
+        self.count_create_and_start(&outcome, started);
+        Ok(outcome)
+    }
+
+    async fn create_and_start_leased(
+        &self,
+        run: NewRun,
+        started: &Event,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<CreateAndStart> {
+        let outcome = self
+            .inner
+            .create_and_start_leased(run, started, owner, ttl)
+            .await?;
+        self.count_create_and_start(&outcome, started);
         Ok(outcome)
     }
 

@@ -30,10 +30,11 @@ pub(crate) struct Launch {
     /// its parent's concurrency slot (a parent waiting on children must not starve them).
     pub(crate) parent: Option<Arc<ActiveRun>>,
     /// The run's first event when the store started the run in the write that created it
-    /// (`Store::create_and_start_run`): `record` is then `RUNNING`, with this event stored.
+    /// (`Store::create_and_start_run`, or `create_and_start_leased` with the run's lease):
+    /// `record` is then `RUNNING`, with this event stored.
     pub(crate) started: Option<Event>,
-    /// A slot taken for the run before its create (`Engine::start` with `exclusive_store`):
-    /// the run skips the start-order queue. None for a child: it runs in its parent's.
+    /// A slot taken for the run before its create (`Engine::start` when a slot was free): the
+    /// run skips the start-order queue. None for a child: it runs in its parent's.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -193,7 +194,8 @@ async fn execute(inner: Arc<EngineInner>, active: Arc<ActiveRun>, launch: Launch
             release_lease(&inner, &active).await;
             return;
         }
-    } else if !take_lease(&inner, &active).await {
+    } else if started.is_none() && !take_lease(&inner, &active).await {
+        // A run started by the write that created it holds its lease from that write.
         inner.log_discard(&active);
         return;
     }

@@ -24,7 +24,9 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use bgrun_core::{CreateOutcome, LeaseGrant, NewRun, RunId, RunStatus, TransitionOutcome};
+use bgrun_core::{
+    CreateAndStart, CreateOutcome, LeaseGrant, NewRun, RunId, RunStatus, TransitionOutcome,
+};
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -32,7 +34,7 @@ use tokio_postgres::Row;
 use crate::fault::Failure;
 use crate::record::{from_row, storable, RUN_COLUMNS};
 use crate::store::Inner;
-use crate::writer::{Command, Output, Queued};
+use crate::writer::{Command, LeasedStart, Output, Queued};
 
 /// The batch's commands split into the ones for the set statements and the others.
 pub(crate) fn split(batch: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
@@ -118,10 +120,24 @@ struct Creates<'a> {
     metadata: Vec<Option<String>>,
     created_at: Vec<i64>,
     tokens: Vec<&'a str>,
+    /// For a run to start as well (`create_and_start_leased`): its lease's owner and ttl, the
+    /// start's time and its event 0; `NULL`s for a run only created.
+    owners: Vec<Option<&'a str>>,
+    ttl_secs: Vec<Option<f64>>,
+    started_at: Vec<Option<i64>>,
+    event_types: Vec<Option<&'a str>>,
+    event_jsons: Vec<Option<&'a str>>,
 }
 
 impl<'a> Creates<'a> {
-    fn push(&mut self, run: &'a NewRun, token: &'a str) {
+    fn push(&mut self, run: &'a NewRun, start: Option<&'a LeasedStart>, token: &'a str) {
+        self.owners.push(start.map(|start| start.owner.as_str()));
+        self.ttl_secs
+            .push(start.map(|start| start.ttl.as_secs_f64()));
+        self.started_at.push(start.map(|start| start.transition.at));
+        self.event_types
+            .push(start.map(|start| start.event.event_type()));
+        self.event_jsons.push(start.map(|start| start.event.json()));
         self.run_ids.push(run.run_id.as_str());
         self.session_ids.push(run.session_id.as_str());
         self.user_ids.push(run.user_id.as_deref());
@@ -228,7 +244,7 @@ pub(crate) async fn execute(
 /// How a pipelined batch ended.
 enum Pipelined {
     /// Every statement succeeded and `COMMIT` answered.
-    Committed(Returned),
+    Committed(Box<Returned>),
     /// Nothing was committed: a statement was refused by the server (which then aborts the
     /// transaction, so the pipelined `COMMIT` rolls it back), or nothing was sent.
     RolledBack(Failure),
@@ -249,6 +265,8 @@ struct Returned {
     created: HashSet<String>,
     /// The created runs with a cancel intent.
     cancelled: HashSet<String>,
+    /// The created runs also started (and leased).
+    started: HashSet<String>,
     leased: HashSet<String>,
     transitioned: HashMap<String, Row>,
     appended: HashSet<String>,
@@ -262,10 +280,24 @@ impl Returned {
         for queued in fast {
             let id = queued.command.run_id().as_str();
             let output = match &queued.command {
-                Command::Create { run, .. } => self.created.contains(id).then(|| {
-                    Ok(Output::Created(Box::new(CreateOutcome::Created {
-                        run: NewRun::clone(run).into_record(),
-                        cancel_requested: self.cancelled.contains(id),
+                Command::Create { run, start, .. } => self.created.contains(id).then(|| {
+                    let created = NewRun::clone(run).into_record();
+                    let started = match start {
+                        Some(start) if self.started.contains(id) => {
+                            let mut running = created.clone();
+                            running.status = RunStatus::Running;
+                            running.updated_at = start.transition.at;
+                            running.last_event_index = Some(0);
+                            Some(running)
+                        }
+                        _ => None,
+                    };
+                    Ok(Output::Created(Box::new(CreateAndStart {
+                        created: CreateOutcome::Created {
+                            run: created,
+                            cancel_requested: self.cancelled.contains(id),
+                        },
+                        started,
                     })))
                 }),
                 Command::AcquireLease { .. } => self
@@ -506,16 +538,17 @@ async fn pipeline(inner: &Inner, client: &Object, fast: &[Queued]) -> Result<Pip
             .map(|row| (row.get::<_, String>("run_id"), row))
             .collect()
     };
-    Ok(Pipelined::Committed(Returned {
+    Ok(Pipelined::Committed(Box::new(Returned {
         leased: ids(leased),
         transitioned: by_id(transitioned),
         appended: ids(appended),
         ..Returned::default()
-    }))
+    })))
 }
 
 /// A batch of creates: one autocommit statement that inserts the runs and reads their cancel
-/// intents.
+/// intents, and for the runs to start as well (`create_and_start_leased`) with no intent, stores
+/// them `RUNNING` with their lease and event 0.
 ///
 /// `request_cancel` records an intent and notifies in the same transaction. The statement reads
 /// the intents committed before it began; the notification of one committed since is sent on
@@ -538,15 +571,18 @@ async fn creates_pipeline(
 ) -> Result<Pipelined, Failure> {
     let mut creates = Creates::default();
     for queued in fast {
-        if let Command::Create { run, token, .. } = &queued.command {
-            creates.push(run, token);
+        if let Command::Create {
+            run, start, token, ..
+        } = &queued.command
+        {
+            creates.push(run, start.as_deref(), token);
         }
     }
     let inserted = if let [run_id] = creates.run_ids[..] {
         // One run (the common case, a create made in its caller's task): plain parameters,
         // which PostgreSQL plans faster than a set from arrays.
         let insert = client.prepare_cached(&inner.bulk.create_one).await?;
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 16] = [
             &run_id,
             &creates.session_ids[0],
             &creates.user_ids[0],
@@ -558,11 +594,16 @@ async fn creates_pipeline(
             &creates.metadata[0],
             &creates.created_at[0],
             &creates.tokens[0],
+            &creates.owners[0],
+            &creates.ttl_secs[0],
+            &creates.started_at[0],
+            &creates.event_types[0],
+            &creates.event_jsons[0],
         ];
         client.query(&insert, &params).await
     } else {
         let insert = client.prepare_cached(&inner.bulk.create).await?;
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 16] = [
             &creates.run_ids,
             &creates.session_ids,
             &creates.user_ids,
@@ -574,6 +615,11 @@ async fn creates_pipeline(
             &creates.metadata,
             &creates.created_at,
             &creates.tokens,
+            &creates.owners,
+            &creates.ttl_secs,
+            &creates.started_at,
+            &creates.event_types,
+            &creates.event_jsons,
         ];
         client.query(&insert, &params).await
     };
@@ -588,15 +634,20 @@ async fn creates_pipeline(
         }
         Err(error) => return Ok(Pipelined::Unknown(Failure::Db(error))),
     };
-    Ok(Pipelined::Committed(Returned {
+    Ok(Pipelined::Committed(Box::new(Returned {
         created: inserted.iter().map(|row| row.get::<_, String>(0)).collect(),
         cancelled: inserted
             .iter()
             .filter(|row| row.get::<_, bool>(1))
             .map(|row| row.get::<_, String>(0))
             .collect(),
+        started: inserted
+            .iter()
+            .filter(|row| row.get::<_, bool>(2))
+            .map(|row| row.get::<_, String>(0))
+            .collect(),
         ..Returned::default()
-    }))
+    })))
 }
 
 /// The statements, in the store's schema (made once, when the store opens).
@@ -622,33 +673,56 @@ impl Sql {
              ORDER BY l.run_id FOR SHARE OF l)";
         let insert_events = "INSERT INTO {s}.events (run_id, event_index, event_type, json) \
              SELECT e.run_id, e.event_index, e.event_type, e.json FROM unnest";
+        // After `n`, the runs to create (`owner` set for one to start and lease as well, unless
+        // a cancel intent waits for it): inserted `PENDING` or `RUNNING` with event 0, its lease
+        // taken on the database's clock, in one statement. A run id taken already inserts
+        // nothing. A lease row can only be in the way if its run is gone: replaced.
+        let start_created = "plan AS (SELECT asked.*, \
+             asked.owner IS NOT NULL AND NOT asked.cancelled AS starts FROM asked), \
+             created AS (INSERT INTO {s}.runs (run_id, session_id, user_id, kind, \
+             component_id, parent_run_id, status, input, params, metadata, created_at, \
+             updated_at, write_token, last_event_index) \
+             SELECT plan.run_id, plan.session_id, plan.user_id, plan.kind, \
+             plan.component_id, plan.parent_run_id, \
+             CASE WHEN plan.starts THEN 'RUNNING' ELSE 'PENDING' END, plan.input, \
+             plan.params, plan.metadata, plan.created_at, \
+             CASE WHEN plan.starts THEN plan.started_at ELSE plan.created_at END, plan.token, \
+             CASE WHEN plan.starts THEN 0 END FROM plan \
+             ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
+             RETURNING run_id, status = 'RUNNING' AS started), \
+             leased AS (INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
+             SELECT plan.run_id, plan.owner, \
+             clock_timestamp() + make_interval(secs => plan.secs) \
+             FROM created c JOIN plan ON plan.run_id = c.run_id WHERE c.started \
+             ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, \
+             expires_at = EXCLUDED.expires_at), \
+             stored AS (INSERT INTO {s}.events (run_id, event_index, event_type, json) \
+             SELECT plan.run_id, 0, plan.event_type, plan.json \
+             FROM created c JOIN plan ON plan.run_id = c.run_id WHERE c.started) \
+             SELECT c.run_id, plan.cancelled, c.started \
+             FROM created c JOIN plan ON plan.run_id = c.run_id";
         Self {
-            create: in_schema(
-                "WITH created AS (INSERT INTO {s}.runs (run_id, session_id, user_id, kind, \
-                 component_id, parent_run_id, status, input, params, metadata, created_at, \
-                 updated_at, write_token) \
-                 SELECT n.run_id, n.session_id, n.user_id, n.kind, n.component_id, \
-                 n.parent_run_id, 'PENDING', n.input, n.params, n.metadata, n.created_at, \
-                 n.created_at, n.token \
+            create: in_schema(&format!(
+                "WITH asked AS (SELECT u.*, EXISTS (SELECT 1 FROM {{s}}.cancel_intents i \
+                 WHERE i.run_id = u.run_id) AS cancelled \
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) \
-                 AS n(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
-                 params, metadata, created_at, token) \
-                 ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
-                 RETURNING run_id) \
-                 SELECT c.run_id, EXISTS (SELECT 1 FROM {s}.cancel_intents i \
-                 WHERE i.run_id = c.run_id) FROM created c",
-            ),
-            create_one: in_schema(
-                "WITH created AS (INSERT INTO {s}.runs (run_id, session_id, user_id, kind, \
-                 component_id, parent_run_id, status, input, params, metadata, created_at, \
-                 updated_at, write_token) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7, $8, $9, $10, $10, $11) \
-                 ON CONFLICT ON CONSTRAINT runs_run_id_key DO NOTHING \
-                 RETURNING run_id) \
-                 SELECT c.run_id, EXISTS (SELECT 1 FROM {s}.cancel_intents i \
-                 WHERE i.run_id = c.run_id) FROM created c",
-            ),
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], \
+                 $12::text[], $13::float8[], $14::bigint[], $15::text[], $16::text[]) \
+                 AS u(run_id, session_id, user_id, kind, component_id, parent_run_id, input, \
+                 params, metadata, created_at, token, owner, secs, started_at, event_type, \
+                 json)), \
+                 {start_created}"
+            )),
+            create_one: in_schema(&format!(
+                "WITH asked AS (SELECT $1::text AS run_id, $2::text AS session_id, \
+                 $3::text AS user_id, $4::text AS kind, $5::text AS component_id, \
+                 $6::text AS parent_run_id, $7::text AS input, $8::text AS params, \
+                 $9::text AS metadata, $10::bigint AS created_at, $11::text AS token, \
+                 $12::text AS owner, $13::float8 AS secs, $14::bigint AS started_at, \
+                 $15::text AS event_type, $16::text AS json, EXISTS (SELECT 1 \
+                 FROM {{s}}.cancel_intents i WHERE i.run_id = $1) AS cancelled), \
+                 {start_created}"
+            )),
             lease: in_schema(
                 "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
                  SELECT t.run_id, t.owner, clock_timestamp() + make_interval(secs => t.secs) \

@@ -2,8 +2,9 @@
 //! compare-and-set.
 
 use bgrun_core::{
-    CreateOutcome, Event, NewRun, RunFilter, RunId, RunPage, RunRecord, StoreError, StoreResult,
-    Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS, MAX_PAGE_SIZE,
+    CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
+    RunStatus, StoreError, StoreResult, Transition, TransitionOutcome, IDEMPOTENCY_WINDOW_SECS,
+    MAX_PAGE_SIZE,
 };
 use deadpool_postgres::Transaction;
 use tokio_postgres::error::SqlState;
@@ -15,11 +16,83 @@ use crate::events;
 use crate::fault::{Attempt, Failure};
 use crate::record::{from_row, storable, RUN_COLUMNS};
 use crate::store::Inner;
+use crate::writer::LeasedStart;
 
 /// A token naming one call of a write, stored with the row it writes, so that a retry after
 /// an unknown commit outcome recognises its own earlier success.
 pub(crate) fn write_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// `create_run`, or with `start` `create_and_start_leased`, inside the writer's transaction
+/// (its own savepoint): the run is created as [`create_in`] does and, when it is new and no
+/// cancel intent waits for it, leased and started with the same statements a separate
+/// `lease_and_transition` would execute, in the same transaction.
+pub(crate) async fn create_and_start_in(
+    inner: &Inner,
+    tx: &Transaction<'_>,
+    run: &NewRun,
+    start: Option<&LeasedStart>,
+    token: &str,
+    attempt: Attempt,
+) -> Result<CreateAndStart, Failure> {
+    let created = create_in(inner, tx, run, token, attempt).await?;
+    let (
+        Some(start),
+        CreateOutcome::Created {
+            run: stored,
+            cancel_requested,
+        },
+    ) = (start, &created)
+    else {
+        return Ok(CreateAndStart {
+            created,
+            started: None,
+        });
+    };
+    if stored.status != RunStatus::Pending {
+        // A retry that found its earlier attempt, which committed the run started (a cancel
+        // intent recorded since is reported with it, for the engine to cancel the run).
+        return Ok(CreateAndStart {
+            started: Some(stored.clone()),
+            created: CreateOutcome::Created {
+                run: NewRun::clone(run).into_record(),
+                cancel_requested: *cancel_requested,
+            },
+        });
+    }
+    if *cancel_requested {
+        return Ok(CreateAndStart {
+            created,
+            started: None,
+        });
+    }
+    if let LeaseGrant::HeldBy(_) =
+        crate::lease::acquire_in(inner, tx, &run.run_id, &start.owner, start.ttl).await?
+    {
+        // Only a lease row left without its run could be in the way: the run stays PENDING
+        // for the caller to lease and start.
+        return Ok(CreateAndStart {
+            created,
+            started: None,
+        });
+    }
+    let outcome = transition_in(
+        inner,
+        tx,
+        &run.run_id,
+        &start.transition,
+        std::slice::from_ref(&start.event),
+        Some(&start.owner),
+        token,
+        attempt,
+    )
+    .await?;
+    let started = match outcome {
+        TransitionOutcome::Applied(running) => Some(*running),
+        TransitionOutcome::Conflict { .. } => None,
+    };
+    Ok(CreateAndStart { created, started })
 }
 
 /// `create_run` inside the writer's transaction (its own savepoint): `attempt` tells whether an

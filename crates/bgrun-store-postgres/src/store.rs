@@ -9,8 +9,9 @@ use bgrun_core::stream::{
     StreamId, StreamInfo, StreamMessage, StreamOffset,
 };
 use bgrun_core::{
-    async_trait, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId, RunPage, RunRecord,
-    Store, StoreError, StoreResult, Timestamp, Transition, TransitionOutcome,
+    async_trait, CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunId,
+    RunPage, RunRecord, RunStatus, Store, StoreError, StoreResult, Timestamp, Transition,
+    TransitionOutcome,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
@@ -20,7 +21,7 @@ use crate::config::PostgresConfig;
 use crate::fault::RetryPolicy;
 use crate::migrate::{migrate, quoted};
 use crate::notify::{spawn_listener, Channels, Notification};
-use crate::writer::{Command, Writers};
+use crate::writer::{Command, LeasedStart, Writers};
 use crate::{cancel, events, lease, runs, streams};
 
 /// A [`Store`] on PostgreSQL, shared by any number of replicas.
@@ -254,9 +255,43 @@ impl Store for PostgresStore {
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<CreateOutcome> {
+        let outcome = self
+            .inner
+            .writers
+            .create(&self.inner, Box::new(run), None, runs::write_token())
+            .await?;
+        Ok(outcome.created)
+    }
+
+    async fn create_and_start_leased(
+        &self,
+        run: NewRun,
+        started: &Event,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<CreateAndStart> {
+        // Checked before the create: a refused start must not leave the run created.
+        if started.index() != 0 {
+            return Err(StoreError::IndexConflict {
+                run_id: run.run_id,
+                expected: 0,
+                got: started.index(),
+            });
+        }
+        let start = LeasedStart {
+            event: started.clone(),
+            transition: Transition::new(RunStatus::Pending, RunStatus::Running),
+            owner: owner.to_owned(),
+            ttl,
+        };
         self.inner
             .writers
-            .create(&self.inner, Box::new(run), runs::write_token())
+            .create(
+                &self.inner,
+                Box::new(run),
+                Some(Box::new(start)),
+                runs::write_token(),
+            )
             .await
     }
 

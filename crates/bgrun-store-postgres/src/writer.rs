@@ -28,7 +28,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use bgrun_core::{
-    CreateOutcome, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Transition,
+    CreateAndStart, Event, LeaseGrant, NewRun, RunId, StoreError, StoreResult, Transition,
     TransitionOutcome,
 };
 use deadpool_postgres::Transaction;
@@ -67,12 +67,24 @@ pub(crate) use by_key;
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
+/// What `create_and_start_leased` asks of a create besides the run: start it with `event`
+/// (index 0) as `transition` (`PENDING -> RUNNING`) and lease it to `owner` for `ttl`, unless a
+/// cancel intent waits for it.
+pub(crate) struct LeasedStart {
+    pub(crate) event: Event,
+    pub(crate) transition: Transition,
+    pub(crate) owner: String,
+    pub(crate) ttl: Duration,
+}
+
 /// A write, as callers send it to a writer.
 pub(crate) enum Command {
     Create {
         run: Box<NewRun>,
+        /// Also start and lease the run (`create_and_start_leased`).
+        start: Option<Box<LeasedStart>>,
         token: String,
-        reply: Reply<CreateOutcome>,
+        reply: Reply<CreateAndStart>,
     },
     Append {
         run_id: RunId,
@@ -108,7 +120,7 @@ pub(crate) enum Command {
 
 /// What a command produced, held until the batch commits.
 pub(crate) enum Output {
-    Created(Box<CreateOutcome>),
+    Created(Box<CreateAndStart>),
     Unit,
     Transitioned(TransitionOutcome),
     Lease(LeaseGrant),
@@ -155,7 +167,9 @@ impl Command {
         attempt: Attempt,
     ) -> Result<Output, Failure> {
         match self {
-            Self::Create { run, token, .. } => runs::create_in(inner, tx, run, token, attempt)
+            Self::Create {
+                run, start, token, ..
+            } => runs::create_and_start_in(inner, tx, run, start.as_deref(), token, attempt)
                 .await
                 .map(|outcome| Output::Created(Box::new(outcome))),
             Self::Append {
@@ -219,6 +233,10 @@ impl Command {
     /// The run and last event index a committed output stored, to announce.
     pub(crate) fn stored(&self, output: &Output) -> Option<(RunId, u64)> {
         match (self, output) {
+            // A create that started its run stored event 0 in the write that made the run
+            // visible: nobody can follow the run before it, and a follower reads the table
+            // before it waits for notifications. Nothing to announce.
+            (Self::Create { .. }, _) => None,
             (Self::Append { run_id, events, .. }, Output::Unit) => {
                 Some((run_id.clone(), events.last()?.index()))
             }
@@ -319,11 +337,17 @@ impl Writers {
         &self,
         inner: &Inner,
         run: Box<NewRun>,
+        start: Option<Box<LeasedStart>>,
         token: String,
-    ) -> StoreResult<CreateOutcome> {
+    ) -> StoreResult<CreateAndStart> {
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
-            command: Command::Create { run, token, reply },
+            command: Command::Create {
+                run,
+                start,
+                token,
+                reply,
+            },
             attempt: 0,
         };
         let (_open, alone) = OpenCreate::enter(&self.open_creates);

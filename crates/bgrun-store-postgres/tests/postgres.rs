@@ -229,6 +229,76 @@ async fn appends_survive_killed_connections_without_loss_or_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_creates_survive_killed_connections_each_stored_once_started_and_leased() {
+    const CREATORS: usize = 4;
+    const RUNS_EACH: usize = 60;
+    const OWNER: &str = "replica-a";
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    let (progress, mut created) = tokio::sync::watch::channel(0_usize);
+    let progress = std::sync::Arc::new(progress);
+    let creators: Vec<_> = (0..CREATORS)
+        .map(|_| {
+            let store = store.clone();
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut runs = Vec::new();
+                for _ in 0..RUNS_EACH {
+                    let new = NewRun::new(RunTarget::new(RunKind::Agent, "a"), "in");
+                    let record = new.clone().into_record();
+                    let started = events(&record, 0, 1).remove(0);
+                    let outcome = store
+                        .create_and_start_leased(new, &started, OWNER, Duration::from_secs(3600))
+                        .await
+                        .unwrap_or_else(|error| panic!("creating {}: {error}", record.run_id));
+                    assert_eq!(
+                        outcome.created,
+                        bgrun_core::CreateOutcome::Created {
+                            run: record.clone(),
+                            cancel_requested: false
+                        }
+                    );
+                    let running = outcome.started.expect("started at create");
+                    runs.push((running, started));
+                    progress.send_modify(|count| *count += 1);
+                }
+                runs
+            })
+        })
+        .collect();
+    // Kill the store's connections each time 40 more runs were created, until all are.
+    let mut kills = 0;
+    let mut killed_at = 0;
+    while killed_at + 40 <= CREATORS * RUNS_EACH {
+        let target = killed_at + 40;
+        created.wait_for(|count| *count >= target).await.unwrap();
+        killed_at = target;
+        kills += schema.terminate_connections().await.unwrap();
+    }
+    assert!(kills > 0, "no connection was killed");
+    let mut runs = Vec::new();
+    for creator in creators {
+        runs.extend(creator.await.unwrap());
+    }
+    assert_eq!(runs.len(), CREATORS * RUNS_EACH);
+    for (running, started) in runs {
+        let id = &running.run_id;
+        assert_eq!(running.status, RunStatus::Running);
+        assert_eq!(store.get_run(id).await.unwrap().as_ref(), Some(&running));
+        assert_eq!(store.read_events(id, None, 10).await.unwrap(), [started]);
+        assert_eq!(
+            store
+                .acquire_lease(id, "replica-b", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            bgrun_core::LeaseGrant::HeldBy(OWNER.into()),
+            "the lease of {id}"
+        );
+    }
+    assert!(store.orphaned_runs(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_server_refuses_fails_alone_and_the_writes_batched_with_it_commit() {
     const RUNS: usize = 24;
     let schema = TestSchema::new();

@@ -43,10 +43,14 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
 /// `Store::create_and_start_run`: the run's row is inserted `RUNNING` with its `RunStarted`
 /// event, as `create` followed by the `PENDING -> RUNNING` transition would leave it, in one
 /// insert rather than an insert, a read and an update.
+///
+/// With `lease` (`Store::create_and_start_leased`), a run it starts is also leased to that
+/// owner, in the same transaction.
 pub(crate) fn create_and_start(
     conn: &Connection,
     run: NewRun,
     started: &Event,
+    lease: Option<(&str, Duration)>,
 ) -> StoreResult<CreateAndStart> {
     // Checked before the create: once it is written, a refused start would break the batch.
     if started.index() != 0 {
@@ -56,15 +60,15 @@ pub(crate) fn create_and_start(
             got: started.index(),
         });
     }
-    insert_run(conn, run, Some(started))
+    insert_run(conn, run, Some((started, lease)))
 }
 
 /// Creates `run`: `PENDING`, or, given its `RunStarted` event (index 0) and with no cancel
-/// intent waiting for it, `RUNNING` with that event.
+/// intent waiting for it, `RUNNING` with that event (and leased, given a lease's owner and ttl).
 fn insert_run(
     conn: &Connection,
     run: NewRun,
-    started: Option<&Event>,
+    start: Option<(&Event, Option<(&str, Duration)>)>,
 ) -> StoreResult<CreateAndStart> {
     if let Some(key) = &run.idempotency_key {
         let earlier = conn
@@ -101,13 +105,16 @@ fn insert_run(
         .and_then(|mut stmt| stmt.query_row([run.run_id.as_str()], |row| row.get(0)))
         .map_err(sql("checking for a cancel intent"))?;
     // A run asked to cancel is created `PENDING`, for the engine to cancel it.
-    let start = match started {
-        Some(event) if !cancel_requested => Some((
-            Transition::new(RunStatus::Pending, RunStatus::Running).at,
-            // Encoded before the insert: a refusal comes before the run is written.
-            blocks::blocks(std::slice::from_ref(event))?,
-        )),
-        _ => None,
+    let (start, lease) = match start {
+        Some((event, lease)) if !cancel_requested => (
+            Some((
+                Transition::new(RunStatus::Pending, RunStatus::Running).at,
+                // Encoded before the insert: a refusal comes before the run is written.
+                blocks::blocks(std::slice::from_ref(event))?,
+            )),
+            lease,
+        ),
+        _ => (None, None),
     };
     let (status, updated_at, last_event_index) = match &start {
         Some((at, _)) => (RunStatus::Running, *at, Some(0)),
@@ -144,6 +151,9 @@ fn insert_run(
             let started = match start {
                 Some((at, blocks)) => {
                     insert_blocks(conn, conn.last_insert_rowid(), &blocks)?;
+                    if let Some((owner, ttl)) = lease {
+                        lease_new_run(conn, &created.run_id, owner, ttl)?;
+                    }
                     let mut running = created.clone();
                     running.status = RunStatus::Running;
                     running.updated_at = at;
@@ -364,6 +374,19 @@ pub(crate) fn request_cancel(conn: &Connection, run_id: &RunId, at: Timestamp) -
     )
     .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), at]))
     .map_err(sql("recording a cancel intent"))?;
+    Ok(())
+}
+
+/// The lease of a run created in this transaction: a lease row its id may have kept (from
+/// before a restore, say) belongs to no run of this store, and is replaced.
+fn lease_new_run(conn: &Connection, run_id: &RunId, owner: &str, ttl: Duration) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO leases (run_id, owner, expires_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, \
+         expires_at = excluded.expires_at",
+    )
+    .and_then(|mut stmt| stmt.execute(params![run_id.as_str(), owner, expiry(now_millis(), ttl)]))
+    .map_err(sql("leasing a new run"))?;
     Ok(())
 }
 

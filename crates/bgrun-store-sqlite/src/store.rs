@@ -160,6 +160,23 @@ impl Store for SqliteStore {
         self.write(|reply| Command::CreateAndStart {
             run: Box::new(run),
             started: started.clone(),
+            lease: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn create_and_start_leased(
+        &self,
+        run: NewRun,
+        started: &Event,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<CreateAndStart> {
+        self.write(|reply| Command::CreateAndStart {
+            run: Box::new(run),
+            started: started.clone(),
+            lease: Some((owner.to_owned(), ttl)),
             reply,
         })
         .await

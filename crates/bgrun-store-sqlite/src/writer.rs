@@ -202,6 +202,8 @@ pub(crate) enum Command {
     CreateAndStart {
         run: Box<NewRun>,
         started: Event,
+        /// `Store::create_and_start_leased`: the lease's owner and ttl.
+        lease: Option<(String, Duration)>,
         reply: Reply<CreateAndStart>,
     },
     /// `Store::append_events`.
@@ -598,11 +600,13 @@ impl Writer {
             Command::CreateAndStart {
                 run,
                 started,
+                lease,
                 reply,
             } => Done::CreateAndStart(
                 reply,
                 guarded(&self.conn, &mut broken, |conn| {
-                    ops::create_and_start(conn, *run, &started)
+                    let lease = lease.as_ref().map(|(owner, ttl)| (owner.as_str(), *ttl));
+                    ops::create_and_start(conn, *run, &started, lease)
                 }),
             ),
             Command::Append {

@@ -45,6 +45,10 @@
 //! - [`create_and_start`](checks::create_and_start): `create_and_start_run` starts (`RUNNING`
 //!   with its event 0) only a run it created with no cancel intent, in the same write, or
 //!   starts nothing (the default); a first event not at index 0 creates nothing.
+//! - [`create_and_start_leased`](checks::create_and_start_leased): the same for
+//!   `create_and_start_leased`, and a run it starts is leased to the given owner in that write
+//!   (another owner is refused the lease, the owner's fenced writes apply, it is not orphaned);
+//!   a run it does not start holds no lease.
 //! - [`transitions`](checks::transitions), [`cas_races`](checks::cas_races): the status machine
 //!   is checked before anything is written (`InvalidTransition`); the compare-and-set before the
 //!   event indices, so the loser of a race always learns `Conflict { actual }`; `updated_at`

@@ -38,6 +38,10 @@ pub async fn conformance(
             "create_and_start",
             on_fresh(harness, checks::create_and_start),
         ),
+        (
+            "create_and_start_leased",
+            on_fresh(harness, checks::create_and_start_leased),
+        ),
         ("transitions", on_fresh(harness, checks::transitions)),
         ("cas_races", on_fresh(harness, checks::cas_races)),
         (

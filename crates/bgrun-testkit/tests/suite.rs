@@ -32,6 +32,8 @@ enum Flaw {
     ForgetsEarlyCancels,
     /// `create_and_start_run` starts every run it creates, one with a cancel intent too.
     StartsCancelledRuns,
+    /// `create_and_start_leased` starts the runs it should, without leasing them.
+    StartsWithoutLease,
     /// A lease with a zero ttl is taken for an hour.
     ZeroTtlLives,
     /// `cancel_requested` panics.
@@ -60,6 +62,19 @@ struct Broken {
 }
 
 impl Broken {
+    /// `PENDING -> RUNNING` with `started`, no lease taken: the running record if applied.
+    async fn start(&self, run: &RunRecord, started: &Event) -> StoreResult<Option<RunRecord>> {
+        let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
+        let outcome = self
+            .inner
+            .transition(&run.run_id, &transition, std::slice::from_ref(started))
+            .await?;
+        Ok(match outcome {
+            TransitionOutcome::Applied(running) => Some(*running),
+            TransitionOutcome::Conflict { .. } => None,
+        })
+    }
+
     fn hidden(&self, id: StreamId) -> bool {
         self.hidden.lock().unwrap().contains(&id)
     }
@@ -111,16 +126,34 @@ impl Store for Broken {
         let created = self.create_run(run).await?;
         let started = match &created {
             CreateOutcome::Created { run, .. } if self.flaw == Flaw::StartsCancelledRuns => {
-                let transition = Transition::new(RunStatus::Pending, RunStatus::Running);
-                match self
-                    .inner
-                    .transition(&run.run_id, &transition, std::slice::from_ref(started))
-                    .await?
-                {
-                    TransitionOutcome::Applied(running) => Some(*running),
-                    TransitionOutcome::Conflict { .. } => None,
-                }
+                self.start(run, started).await?
             }
+            _ => None,
+        };
+        Ok(CreateAndStart { created, started })
+    }
+
+    async fn create_and_start_leased(
+        &self,
+        run: NewRun,
+        started: &Event,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<CreateAndStart> {
+        let _ = (owner, ttl);
+        let created = self.create_run(run).await?;
+        if self.flaw != Flaw::StartsWithoutLease {
+            // As the default: created only.
+            return Ok(CreateAndStart {
+                created,
+                started: None,
+            });
+        }
+        let started = match &created {
+            CreateOutcome::Created {
+                run,
+                cancel_requested: false,
+            } => self.start(run, started).await?,
             _ => None,
         };
         Ok(CreateAndStart { created, started })
@@ -430,10 +463,15 @@ async fn a_store_that_lists_by_run_id_fails_paging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_forgets_early_cancels_fails_the_checks_of_cancel_intents() {
     let failures = failures(Flaw::ForgetsEarlyCancels).await;
-    // `create_and_start_run` (the default: `create_run`) reports the intent too.
+    // `create_and_start_run` and `create_and_start_leased` (the defaults: `create_run`)
+    // report the intent too.
     assert_eq!(
         failures.names(),
-        ["create_and_start", "cancel_intents"],
+        [
+            "create_and_start",
+            "create_and_start_leased",
+            "cancel_intents"
+        ],
         "{failures}"
     );
 }
@@ -442,6 +480,17 @@ async fn a_store_that_forgets_early_cancels_fails_the_checks_of_cancel_intents()
 async fn a_store_that_starts_runs_with_a_cancel_intent_fails_create_and_start() {
     let failures = failures(Flaw::StartsCancelledRuns).await;
     assert_eq!(failures.names(), ["create_and_start"], "{failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_starts_runs_without_their_lease_fails_create_and_start_leased() {
+    let failures = failures(Flaw::StartsWithoutLease).await;
+    assert_eq!(failures.names(), ["create_and_start_leased"], "{failures}");
+    let message = failures
+        .failure("create_and_start_leased")
+        .unwrap()
+        .message();
+    assert!(message.contains("HeldBy(\"replica-a\")"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -570,7 +619,7 @@ async fn a_panicking_store_fails_only_the_check_that_panicked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[should_panic(expected = "the store failed 1 of 26 conformance checks")]
+#[should_panic(expected = "the store failed 1 of 27 conformance checks")]
 async fn assert_conformance_panics_with_the_failures() {
     bgrun_testkit::assert_conformance(&Harness::new(Some(Flaw::ListsByRunId), Reopen::Unsupported))
         .await;

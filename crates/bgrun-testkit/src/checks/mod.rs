@@ -22,7 +22,9 @@ pub use fencing::{fencing, leased_transitions};
 pub use leases::leases;
 pub use list::list_paging;
 pub use persistence::{persistence, Persistence};
-pub use runs::{create_and_get, create_and_start, duplicates_and_idempotency};
+pub use runs::{
+    create_and_get, create_and_start, create_and_start_leased, duplicates_and_idempotency,
+};
 pub use status::{cas_races, transitions};
 pub use streams::{
     streams_append_and_read, streams_close, streams_concurrency, streams_create,
@@ -32,10 +34,11 @@ pub use streams::{
 
 /// The names of the checks, in the order [`conformance`](crate::conformance) runs them; failures
 /// and reports name checks this way.
-pub const NAMES: [&str; 26] = [
+pub const NAMES: [&str; 27] = [
     "create_and_get",
     "duplicates_and_idempotency",
     "create_and_start",
+    "create_and_start_leased",
     "transitions",
     "cas_races",
     "append_and_read",

@@ -1,10 +1,11 @@
 //! Creating and reading runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bgrun_core::{
-    now, CreateAndStart, CreateOutcome, NewRun, RunFilter, RunKind, RunStatus, RunTarget, Store,
-    StoreError,
+    now, CreateAndStart, CreateOutcome, Event, LeaseGrant, NewRun, RunFilter, RunKind, RunRecord,
+    RunStatus, RunTarget, Store, StoreError, StoreResult, TransitionOutcome,
 };
 use serde_json::json;
 
@@ -152,16 +153,98 @@ pub async fn duplicates_and_idempotency(store: Arc<dyn Store>) -> CheckResult {
 /// cancel intent, an idempotent repeat and a taken id are never started, and a first event that
 /// is not index 0 is refused before anything is created.
 pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
-    let store = &*store;
+    start_at_create(&*store, StartAtCreate::Unleased).await
+}
+
+/// `create_and_start_leased` is [`create_and_start`]'s `create_and_start_run` with, for a run it
+/// starts, the run's lease taken for the given owner in the same write: another owner is then
+/// refused the lease, the owner's fenced writes apply, and the run is not orphaned. A run it
+/// does not start (a cancel intent, a taken id, an idempotent repeat) gets no lease.
+pub async fn create_and_start_leased(store: Arc<dyn Store>) -> CheckResult {
+    start_at_create(&*store, StartAtCreate::Leased).await
+}
+
+const OWNER: &str = "replica-a";
+const OTHER: &str = "replica-b";
+const HOUR: Duration = Duration::from_secs(60 * 60);
+
+/// Which of the store's create-and-start methods a check calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartAtCreate {
+    /// `create_and_start_run`.
+    Unleased,
+    /// `create_and_start_leased`, for [`OWNER`], lasting an hour.
+    Leased,
+}
+
+impl StartAtCreate {
+    async fn call(
+        self,
+        store: &dyn Store,
+        run: NewRun,
+        started: &Event,
+    ) -> StoreResult<CreateAndStart> {
+        match self {
+            Self::Unleased => store.create_and_start_run(run, started).await,
+            Self::Leased => {
+                store
+                    .create_and_start_leased(run, started, OWNER, HOUR)
+                    .await
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unleased => "create_and_start_run",
+            Self::Leased => "create_and_start_leased",
+        }
+    }
+
+    /// That the run's lease is held by [`OWNER`] (`leased`) or by nobody: asks for it as
+    /// [`OTHER`], and gives back what that took.
+    async fn expect_lease(
+        self,
+        store: &dyn Store,
+        run: &RunRecord,
+        leased: bool,
+        context: &str,
+    ) -> CheckResult {
+        if self == Self::Unleased {
+            return Ok(());
+        }
+        let what = format!("acquire_lease({}, {OTHER}) {context}", run.run_id);
+        let grant = store
+            .acquire_lease(&run.run_id, OTHER, HOUR)
+            .await
+            .succeeds(&what)?;
+        let expected = if leased {
+            LeaseGrant::HeldBy(OWNER.into())
+        } else {
+            LeaseGrant::Granted
+        };
+        expect_eq(&what, &grant, &expected)?;
+        if grant == LeaseGrant::Granted {
+            store
+                .release_lease(&run.run_id, OTHER)
+                .await
+                .succeeds(format!("release_lease({}, {OTHER})", run.run_id))?;
+        }
+        Ok(())
+    }
+}
+
+async fn start_at_create(store: &dyn Store, how: StartAtCreate) -> CheckResult {
+    let name = how.name();
     let new = new_run("run-started", "session-1", T0);
     let record = new.clone().into_record();
     let started = event(&record, 0, "started");
-    let outcome = store
-        .create_and_start_run(new, &started)
+    let outcome = how
+        .call(store, new, &started)
         .await
-        .succeeds("create_and_start_run(run-started)")?;
+        .succeeds(format!("{name}(run-started)"))?;
     expect_eq(
-        "create_and_start_run(run-started): what the create did",
+        format!("{name}(run-started): what the create did"),
         &outcome.created,
         &CreateOutcome::Created {
             run: record.clone(),
@@ -173,8 +256,20 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
         Some(running) => {
             ensure!(
                 running.status == RunStatus::Running && running.last_event_index == Some(0),
-                "create_and_start_run(run-started): expected the started run RUNNING with event 0, got {running:?}"
+                "{name}(run-started): expected the started run RUNNING with event 0, got {running:?}"
             );
+            how.expect_lease(store, running, true, "after it was started")
+                .await?;
+            if how == StartAtCreate::Leased {
+                let orphans = store
+                    .orphaned_runs(10)
+                    .await
+                    .succeeds("orphaned_runs(10)")?;
+                ensure!(
+                    orphans.is_empty(),
+                    "orphaned_runs after {name}(run-started): expected none (its lease is live), got {orphans:?}"
+                );
+            }
             expect_eq(
                 "get_run(run-started) after it was started",
                 &stored,
@@ -195,14 +290,21 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
                 &read_all(store, &record.run_id, 10).await?,
                 std::slice::from_ref(&started),
             )?;
-            // Its log continues after event 0.
-            apply(
-                store,
-                &record.run_id,
-                &transition(RunStatus::Running, RunStatus::Completed),
-                &events(&record, 1..3, "end"),
-            )
-            .await?;
+            // Its log continues after event 0 (fenced by the lease where it was leased).
+            let end = transition(RunStatus::Running, RunStatus::Completed);
+            let end_events = events(&record, 1..3, "end");
+            if how == StartAtCreate::Leased {
+                let outcome = store
+                    .transition_fenced(&record.run_id, &end, &end_events, OWNER)
+                    .await
+                    .succeeds(format!("transition_fenced(run-started, {OWNER})"))?;
+                ensure!(
+                    matches!(outcome, TransitionOutcome::Applied(_)),
+                    "transition_fenced(run-started, {OWNER}) by the owner of the lease {name} took: expected Applied, got {outcome:?}"
+                );
+            } else {
+                apply(store, &record.run_id, &end, &end_events).await?;
+            }
         }
         None => {
             expect_eq(
@@ -215,6 +317,8 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
                 &read_all(store, &record.run_id, 10).await?,
                 &[],
             )?;
+            how.expect_lease(store, &record, false, "after it was created, not started")
+                .await?;
         }
     }
 
@@ -225,12 +329,12 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
         .request_cancel(&early_record.run_id, T0)
         .await
         .succeeds("request_cancel(run-cancelled-early)")?;
-    let outcome = store
-        .create_and_start_run(early, &event(&early_record, 0, "started"))
+    let outcome = how
+        .call(store, early, &event(&early_record, 0, "started"))
         .await
-        .succeeds("create_and_start_run(run-cancelled-early)")?;
+        .succeeds(format!("{name}(run-cancelled-early)"))?;
     expect_eq(
-        "create_and_start_run of a run with a cancel intent",
+        format!("{name} of a run with a cancel intent"),
         &outcome,
         &CreateAndStart {
             created: CreateOutcome::Created {
@@ -245,30 +349,32 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
         &get(store, &early_record.run_id).await?,
         &early_record,
     )?;
+    how.expect_lease(store, &early_record, false, "with a cancel intent")
+        .await?;
 
     // A taken id: refused, and the run that has it is left as it was.
     let before = get(store, &early_record.run_id).await?;
     let duplicate = new_run("run-cancelled-early", "session-2", T0 + 1);
     let duplicate_record = duplicate.clone().into_record();
-    match store
-        .create_and_start_run(duplicate, &event(&duplicate_record, 0, "dup"))
+    match how
+        .call(store, duplicate, &event(&duplicate_record, 0, "dup"))
         .await
     {
         Err(StoreError::RunExists(id)) if id == early_record.run_id => {}
-        other => fail!(
-            "create_and_start_run with a run_id that exists: expected Err(RunExists), got {other:?}"
-        ),
+        other => fail!("{name} with a run_id that exists: expected Err(RunExists), got {other:?}"),
     }
     expect_eq(
-        "get_run(run-cancelled-early) after a duplicate create_and_start_run",
+        format!("get_run(run-cancelled-early) after a duplicate {name}"),
         &get(store, &early_record.run_id).await?,
         &before,
     )?;
     expect_events(
-        "the events of run-cancelled-early after a duplicate create_and_start_run",
+        format!("the events of run-cancelled-early after a duplicate {name}"),
         &read_all(store, &early_record.run_id, 10).await?,
         &[],
     )?;
+    how.expect_lease(store, &early_record, false, "after a duplicate create")
+        .await?;
 
     // An idempotent repeat: the earlier run, untouched.
     let at = now();
@@ -278,12 +384,12 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
     let mut repeat = new_run("run-keyed-again", "session-1", at);
     repeat.idempotency_key = Some("key-start".into());
     let repeat_record = repeat.clone().into_record();
-    let outcome = store
-        .create_and_start_run(repeat, &event(&repeat_record, 0, "again"))
+    let outcome = how
+        .call(store, repeat, &event(&repeat_record, 0, "again"))
         .await
-        .succeeds("create_and_start_run with the idempotency key of run-keyed")?;
+        .succeeds(format!("{name} with the idempotency key of run-keyed"))?;
     expect_eq(
-        "create_and_start_run with the idempotency key of run-keyed",
+        format!("{name} with the idempotency key of run-keyed"),
         &outcome,
         &CreateAndStart {
             created: CreateOutcome::Existing(keyed.clone()),
@@ -291,21 +397,23 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
         },
     )?;
     expect_eq(
-        "get_run(run-keyed) after an idempotent create_and_start_run",
+        format!("get_run(run-keyed) after an idempotent {name}"),
         &get(store, &keyed.run_id).await?,
         &keyed,
     )?;
+    how.expect_lease(store, &keyed, false, "after an idempotent repeat")
+        .await?;
 
     // A first event that is not index 0: refused, nothing created.
     let wrong = new_run("run-wrong-first", "session-1", T0);
     let wrong_record = wrong.clone().into_record();
-    match store
-        .create_and_start_run(wrong, &event(&wrong_record, 1, "wrong"))
+    match how
+        .call(store, wrong, &event(&wrong_record, 1, "wrong"))
         .await
     {
         Err(StoreError::IndexConflict { .. }) => {
             expect_eq(
-                "get_run(run-wrong-first) after a refused create_and_start_run",
+                format!("get_run(run-wrong-first) after a refused {name}"),
                 &store
                     .get_run(&wrong_record.run_id)
                     .await
@@ -316,7 +424,7 @@ pub async fn create_and_start(store: Arc<dyn Store>) -> CheckResult {
         // A store that does not start runs at create ignores the event.
         Ok(CreateAndStart { started: None, .. }) => {}
         other => fail!(
-            "create_and_start_run with a first event at index 1: expected Err(IndexConflict), got {other:?}"
+            "{name} with a first event at index 1: expected Err(IndexConflict), got {other:?}"
         ),
     }
     Ok(())
