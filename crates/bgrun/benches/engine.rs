@@ -384,13 +384,25 @@ mod pg {
         rows
     }
 
-    const INSERT_RUN: &str = "(run_id, session_id, kind, component_id, status, input, params, \
-        created_at, updated_at) VALUES ($1, $1, 'agent', 'ticker', 'PENDING', 'x', \
-        '{\"count\":0}', $2, $2)";
+    /// The raw row's start: the run inserted `RUNNING` with its lease and event 0, in one
+    /// autocommit statement, as bgrun's create of a run it starts at once writes them.
+    fn insert_started_run(r: &str) -> String {
+        format!(
+            "WITH created AS (INSERT INTO {r}.runs (run_id, session_id, kind, component_id, \
+             status, input, params, created_at, updated_at, last_event_index) \
+             VALUES ($1, $1, 'agent', 'ticker', 'RUNNING', 'x', '{{\"count\":0}}', $2, $2, 0) \
+             RETURNING run_id), \
+             leased AS (INSERT INTO {r}.leases (run_id, owner, expires_at) \
+             SELECT run_id, 'raw', now() + interval '30 seconds' FROM created) \
+             INSERT INTO {r}.events (run_id, event_index, event_type, json) \
+             SELECT run_id, 0, 'RunContent', $3 FROM created"
+        )
+    }
 
-    /// P1: `start` until PENDING is persisted, one after another (each run, `ticker` with no
-    /// ticks, executes beside the next starts); raw: one autocommit INSERT, each run's
-    /// execution writes going on beside the next inserts as bgrun's do ([`RawExecution`]).
+    /// P1: `start` until the run is persisted, one after another (each run, `ticker` with no
+    /// ticks, executes beside the next starts; bgrun stores it leased and `RUNNING` with its
+    /// first event); raw: the same three rows in one autocommit statement, each run's end
+    /// written beside the next inserts as bgrun's is ([`RawExecution`]).
     async fn p1(url: &str, schemas: &Schemas, client: &Client, n: usize) -> Vec<Value> {
         let engine = engine(url, &schemas.engine).await;
         let mut samples = Vec::with_capacity(n);
@@ -406,16 +418,17 @@ mod pg {
         engine.shutdown(Duration::from_secs(30)).await;
 
         let insert = client
-            .prepare(&format!("INSERT INTO {}.runs {INSERT_RUN}", schemas.raw))
+            .prepare(&insert_started_run(&schemas.raw))
             .await
             .expect("prepare");
         let execution = RawExecution::new(url, &schemas.raw).await;
         let insert_run = |run_id: RunId| {
             let insert = &insert;
             async move {
+                let id = run_id.as_str();
                 let began = Instant::now();
                 client
-                    .execute(insert, &[&run_id.as_str(), &0_i64])
+                    .execute(insert, &[&id, &0_i64, &event_json(id, 0)])
                     .await
                     .expect("insert run");
                 began.elapsed()
@@ -437,7 +450,7 @@ mod pg {
             alone.push(insert_run(RunId::generate()).await);
         }
         println!(
-            "P1   postgres raw INSERT with no run executing beside it: p50 {:.1} us, p99 {:.1} us",
+            "P1   postgres raw start with no run executing beside it: p50 {:.1} us, p99 {:.1} us",
             percentile(&mut alone, 0.50),
             percentile(&mut alone, 0.99)
         );
@@ -458,18 +471,17 @@ mod pg {
     }
 
     /// The writes of a started run executing, in bare tokio-postgres: what bgrun's writers send
-    /// for a `ticker` run without ticks (a lease, `RUNNING` and its first event in one
-    /// transaction; `COMPLETED`, the last event and the lease's release in another), each
-    /// pipelined in one round trip, on one of four connections chosen by run (bgrun's writers).
+    /// for a `ticker` run without ticks once it is stored started (`COMPLETED`, the last event
+    /// and the lease's release in one transaction, pipelined in one round trip), on one of four
+    /// connections chosen by run (bgrun's writers).
     #[derive(Clone)]
     struct RawExecution {
-        /// Each connection with its statements (prepared on it): start, then end.
+        /// Each connection with its statements (prepared on it).
         connections: std::sync::Arc<Vec<RawConnection>>,
     }
 
     struct RawConnection {
         client: Client,
-        started: [tokio_postgres::Statement; 3],
         ended: [tokio_postgres::Statement; 3],
     }
 
@@ -482,23 +494,6 @@ mod pg {
                     let client = &client;
                     async move { client.prepare(&sql).await.expect("prepare") }
                 };
-                let started = [
-                    prepare(format!(
-                        "INSERT INTO {r}.leases (run_id, owner, expires_at) \
-                         VALUES ($1, 'raw', now() + interval '30 seconds')"
-                    ))
-                    .await,
-                    prepare(format!(
-                        "UPDATE {r}.runs SET status = 'RUNNING', updated_at = 1, \
-                         last_event_index = 0 WHERE run_id = $1 AND status = 'PENDING'"
-                    ))
-                    .await,
-                    prepare(format!(
-                        "INSERT INTO {r}.events (run_id, event_index, event_type, json) \
-                         VALUES ($1, $2, 'RunContent', $3)"
-                    ))
-                    .await,
-                ];
                 let ended = [
                     prepare(format!(
                         "UPDATE {r}.runs SET status = 'COMPLETED', updated_at = 2, \
@@ -516,11 +511,7 @@ mod pg {
                     ))
                     .await,
                 ];
-                connections.push(RawConnection {
-                    client,
-                    started,
-                    ended,
-                });
+                connections.push(RawConnection { client, ended });
             }
             Self {
                 connections: std::sync::Arc::new(connections),
@@ -532,18 +523,8 @@ mod pg {
             let connection = &self.connections
                 [id.bytes().map(usize::from).sum::<usize>() % self.connections.len()];
             let client = &connection.client;
-            let (first, last) = (event_json(id, 0), event_json(id, 1));
-            let [lease, running, event] = &connection.started;
+            let last = event_json(id, 1);
             let by_id: Params = &[&id];
-            transaction(
-                client,
-                [
-                    (lease, by_id),
-                    (running, by_id),
-                    (event, &[&id, &0_i64, &first]),
-                ],
-            )
-            .await;
             let [completed, event, release] = &connection.ended;
             transaction(
                 client,
