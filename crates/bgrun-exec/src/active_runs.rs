@@ -5,9 +5,10 @@
 //! before it is launched: it is then kept, and the launch finds it. Both happen under one lock,
 //! so either the cancel sees the run or the launch sees the cancel.
 //!
-//! A run stored and started in one write (`Store::create_and_start_run`) is `RUNNING` in the
-//! store before its launch holds it here: it is marked starting from before that write until
-//! its launch, so that the sweep of runs left `RUNNING` leaves it alone.
+//! A run stored and started in one write (`Store::create_and_start_run`, or
+//! `create_and_start_leased` with its lease) is `RUNNING` in the store before its launch holds
+//! it here: it is marked starting from before that write until its launch, so that the sweep
+//! of runs left `RUNNING` leaves it alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
