@@ -26,8 +26,9 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes; then stops accepting, ends open
-/// SSE streams and WebSocket sessions (runs go on: resumable), lets requests in flight finish
-/// for up to [`HttpConfig::shutdown_timeout`], and returns. The caller then shuts the engine
+/// SSE streams and WebSocket sessions (runs go on: resumable), answers waiting long-polls as
+/// if their wait had timed out, lets requests in flight finish for up to
+/// [`HttpConfig::shutdown_timeout`], and returns. The caller then shuts the engine
 /// down with [`Engine::shutdown`].
 pub async fn serve(
     listener: TcpListener,

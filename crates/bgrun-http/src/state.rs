@@ -31,6 +31,19 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(format!("{} {id:?} not found", kind.as_str())))
     }
 
+    /// `wait`'s output, or `None` once the server starts shutting down: a request that waits
+    /// for something to happen (a long-poll) answers at once then, as if its wait had timed out,
+    /// rather than holding the shutdown until its timeout and losing its answer.
+    pub(crate) async fn unless_shutting_down<T>(
+        &self,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            output = wait => Some(output),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
     /// The target of a component path.
     pub(crate) fn target(&self, kind: &str, id: &str) -> ApiResult<RunTarget> {
         let info = self.component(kind, id)?;

@@ -129,6 +129,71 @@ async fn shutdown_ends_open_streams_and_leaves_their_runs_going() {
     assert_eq!(s.f.wait(&run_id).await.status, RunStatus::Completed);
 }
 
+/// Sends one raw HTTP/1.1 request on a new connection (closed after the answer).
+async fn send_raw(addr: SocketAddr, head: &str, body: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket
+}
+
+async fn read_answer(mut socket: TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, socket.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn shutdown_answers_a_waiting_long_poll_at_once() {
+    // A long-poll that would wait a minute, and a shutdown that waits 30 s for open requests:
+    // the long-poll must be answered (as a wait that timed out), not cut off.
+    let mut s = server(HttpConfig {
+        stream_long_poll: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_secs(30),
+        ..HttpConfig::default()
+    })
+    .await;
+    let created = read_answer(send_raw(s.addr, "PUT /v1/stream/feed", "first").await).await;
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let poll = send_raw(
+        s.addr,
+        &format!(
+            "GET /v1/stream/feed?offset={}&live=long-poll",
+            common::offset(1)
+        ),
+        "",
+    )
+    .await;
+    tokio::time::timeout(LIMIT, async {
+        while s.f.engine.streams().waiting_readers() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long-poll never waited");
+    s.stop.take().unwrap().send(()).unwrap();
+    let answer = read_answer(poll).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert!(answer.contains("stream-up-to-date: true"), "{answer}");
+    assert!(
+        answer.contains(&format!("stream-next-offset: {}", common::offset(1))),
+        "{answer}"
+    );
+    // Nothing else held the shutdown up.
+    tokio::time::timeout(Duration::from_secs(10), &mut s.task)
+        .await
+        .expect("serve did not return")
+        .unwrap()
+        .unwrap();
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 async fn connect(addr: SocketAddr, path: &str, auth: Option<&str>) -> Socket {

@@ -218,14 +218,14 @@ pub(super) async fn get(
     if query.live == Live::LongPoll {
         cursor_header = Some(cursor::respond(query.cursor.as_deref()));
         if messages.is_empty() && after >= info.tail {
+            // Nothing to wait for on a closed stream; at shutdown, answered as a timed-out wait.
             let waited = if info.closed {
                 None
             } else {
-                Some(
-                    streams
-                        .wait(path, after, state.config.stream_long_poll)
-                        .await?,
-                )
+                state
+                    .unless_shutting_down(streams.wait(path, after, state.config.stream_long_poll))
+                    .await
+                    .transpose()?
             };
             match waited {
                 Some(waited) if !waited.timed_out && waited.info.tail > after => {

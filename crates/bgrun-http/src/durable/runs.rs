@@ -129,9 +129,14 @@ async fn get(
         cursor_header = Some(cursor::respond(query.cursor.as_deref()));
         if events.is_empty() && !terminal {
             let mut live = state.engine.events(&run.run_id, last_index(after));
-            let next = tokio::time::timeout(state.config.stream_long_poll, live.next_batch()).await;
-            // Err: the wait timed out, nothing came.
-            if let Ok(batch) = next {
+            let next = state
+                .unless_shutting_down(tokio::time::timeout(
+                    state.config.stream_long_poll,
+                    live.next_batch(),
+                ))
+                .await;
+            // None: the server is shutting down; Err: the wait timed out. Nothing came.
+            if let Some(Ok(batch)) = next {
                 events = batch?;
                 let now = self::run(state, run_id).await?;
                 count = now
