@@ -243,8 +243,12 @@ async fn leased_creates_survive_killed_connections_each_stored_once_started_and_
             let progress = progress.clone();
             tokio::spawn(async move {
                 let mut runs = Vec::new();
-                for _ in 0..RUNS_EACH {
-                    let new = NewRun::new(RunTarget::new(RunKind::Agent, "a"), "in");
+                for i in 0..RUNS_EACH {
+                    let mut new = NewRun::new(RunTarget::new(RunKind::Agent, "a"), "in");
+                    // Every fifth with an idempotency key: created command by command.
+                    if i % 5 == 0 {
+                        new.idempotency_key = Some(format!("key-{}", new.run_id));
+                    }
                     let record = new.clone().into_record();
                     let started = events(&record, 0, 1).remove(0);
                     let outcome = store

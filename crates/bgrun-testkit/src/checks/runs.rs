@@ -376,6 +376,40 @@ async fn start_at_create(store: &dyn Store, how: StartAtCreate) -> CheckResult {
     how.expect_lease(store, &early_record, false, "after a duplicate create")
         .await?;
 
+    // A run with a new idempotency key is started as any other.
+    let mut fresh = new_run("run-keyed-started", "session-1", now());
+    fresh.idempotency_key = Some("key-fresh".into());
+    let fresh_record = fresh.clone().into_record();
+    let fresh_started = event(&fresh_record, 0, "started");
+    let outcome = how
+        .call(store, fresh, &fresh_started)
+        .await
+        .succeeds(format!(
+            "{name}(run-keyed-started) with a new idempotency key"
+        ))?;
+    expect_eq(
+        format!("{name}(run-keyed-started): what the create did"),
+        &outcome.created,
+        &CreateOutcome::Created {
+            run: fresh_record.clone(),
+            cancel_requested: false,
+        },
+    )?;
+    if let Some(running) = &outcome.started {
+        expect_eq(
+            "get_run(run-keyed-started) after it was started",
+            &get(store, &fresh_record.run_id).await?,
+            running,
+        )?;
+        expect_events(
+            "the events of run-keyed-started",
+            &read_all(store, &fresh_record.run_id, 10).await?,
+            std::slice::from_ref(&fresh_started),
+        )?;
+        how.expect_lease(store, running, true, "after it was started")
+            .await?;
+    }
+
     // An idempotent repeat: the earlier run, untouched.
     let at = now();
     let mut keyed = new_run("run-keyed", "session-1", at);
