@@ -23,6 +23,9 @@ use bgrun_core::{
 pub struct EngineMetrics {
     /// Runs created (`PENDING`).
     pub runs_created: u64,
+    /// Runs started (`PENDING -> RUNNING`), in the write that created them or in one of their
+    /// own.
+    pub runs_started: u64,
     /// Runs ended `COMPLETED`.
     pub runs_completed: u64,
     /// Runs ended `ERROR`.
@@ -39,6 +42,7 @@ pub struct EngineMetrics {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     created: AtomicU64,
+    started: AtomicU64,
     completed: AtomicU64,
     errored: AtomicU64,
     cancelled: AtomicU64,
@@ -50,6 +54,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> EngineMetrics {
         EngineMetrics {
             runs_created: self.created.load(Ordering::Relaxed),
+            runs_started: self.started.load(Ordering::Relaxed),
             runs_completed: self.completed.load(Ordering::Relaxed),
             runs_errored: self.errored.load(Ordering::Relaxed),
             runs_cancelled: self.cancelled.load(Ordering::Relaxed),
@@ -81,6 +86,7 @@ impl CountingStore {
             self.counters.created.fetch_add(1, Ordering::Relaxed);
         }
         if outcome.started.is_some() {
+            self.counters.started.fetch_add(1, Ordering::Relaxed);
             self.count_appended(std::slice::from_ref(started));
         }
     }
@@ -96,6 +102,9 @@ impl CountingStore {
         }
         self.count_appended(events);
         let counter = match transition.to {
+            RunStatus::Running if transition.from == RunStatus::Pending => {
+                Some(&self.counters.started)
+            }
             RunStatus::Completed => Some(&self.counters.completed),
             RunStatus::Error => Some(&self.counters.errored),
             RunStatus::Cancelled => Some(&self.counters.cancelled),

@@ -48,9 +48,10 @@ pub(crate) fn render(state: &AppState) -> String {
     counter(
         &mut out,
         "bgrun_runs_total",
-        "Runs this process created (status=\"PENDING\") or ended, by status.",
+        "Runs this process created (status=\"PENDING\"), started (status=\"RUNNING\") or ended, by status.",
         &[
             ("status=\"PENDING\"", engine.runs_created),
+            ("status=\"RUNNING\"", engine.runs_started),
             ("status=\"COMPLETED\"", engine.runs_completed),
             ("status=\"ERROR\"", engine.runs_errored),
             ("status=\"CANCELLED\"", engine.runs_cancelled),

@@ -800,6 +800,7 @@ async fn metrics_count_runs_by_status_and_events() {
     let text = answer.text();
     for line in [
         "bgrun_runs_total{status=\"PENDING\"} 2",
+        "bgrun_runs_total{status=\"RUNNING\"} 2",
         "bgrun_runs_total{status=\"COMPLETED\"} 1",
         "bgrun_runs_total{status=\"ERROR\"} 1",
         "bgrun_runs_total{status=\"CANCELLED\"} 0",

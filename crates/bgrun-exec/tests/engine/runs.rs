@@ -349,6 +349,11 @@ async fn queued_runs_wait_their_turn_in_start_order_and_can_be_cancelled(backend
         f.engine.wait(&run.run_id).await.unwrap();
     }
     assert_eq!(f.gated.started(), ["r0", "r1", "r2", "r4"]);
+    // r0 started in the write that created it, the others in one of their own; r3 never.
+    let metrics = f.engine.metrics();
+    assert_eq!(metrics.runs_created, 5);
+    assert_eq!(metrics.runs_started, 4);
+    assert_eq!(metrics.runs_cancelled, 1);
 }
 
 async fn failures_and_panics_end_the_run_error_and_disturb_nothing_else(backend: Backend) {
