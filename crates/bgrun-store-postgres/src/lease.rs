@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use bgrun_core::{LeaseGrant, RunId, RunRecord, StoreError, StoreResult};
-use tokio_postgres::error::SqlState;
 
 use crate::fault::Failure;
 use crate::record::{from_row, RUN_COLUMNS};
 use crate::store::Inner;
 
 /// `acquire_lease` inside the writer's transaction (its own savepoint). Timed on
-/// `clock_timestamp()`, not the batch transaction's start.
+/// `clock_timestamp()`, not the batch transaction's start. A lease is taken only for a run
+/// that exists (the table has no foreign key to `runs`: see migration 5).
 pub(crate) async fn acquire_in(
     inner: &Inner,
     tx: &deadpool_postgres::Transaction<'_>,
@@ -22,7 +22,8 @@ pub(crate) async fn acquire_in(
     let take = tx
         .prepare_cached(&inner.sql(
             "INSERT INTO {s}.leases AS lease (run_id, owner, expires_at) \
-             VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+             SELECT $1, $2, clock_timestamp() + make_interval(secs => $3) \
+             WHERE EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = $1) \
              ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, \
              expires_at = EXCLUDED.expires_at \
              WHERE lease.owner = EXCLUDED.owner OR lease.expires_at <= clock_timestamp() \
@@ -30,24 +31,25 @@ pub(crate) async fn acquire_in(
         ))
         .await?;
     let holder = tx
-        .prepare_cached(&inner.sql("SELECT owner FROM {s}.leases WHERE run_id = $1"))
+        .prepare_cached(&inner.sql(
+            "SELECT (SELECT owner FROM {s}.leases WHERE run_id = $1), \
+             EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = $1)",
+        ))
         .await?;
     let secs = ttl.as_secs_f64();
     // The holder may release between the two statements: then take it again.
     loop {
         let taken = tx
             .query_opt(&take, &[&run_id.as_str(), &owner, &secs])
-            .await;
-        match taken {
-            Ok(Some(_)) => return Ok(LeaseGrant::Granted),
-            Ok(None) => {}
-            Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                return Err(StoreError::RunNotFound(run_id.clone()).into())
-            }
-            Err(error) => return Err(Failure::from(error)),
+            .await?;
+        if taken.is_some() {
+            return Ok(LeaseGrant::Granted);
         }
-        if let Some(row) = tx.query_opt(&holder, &[&run_id.as_str()]).await? {
-            return Ok(LeaseGrant::HeldBy(row.get(0)));
+        let row = tx.query_one(&holder, &[&run_id.as_str()]).await?;
+        match (row.get::<_, Option<String>>(0), row.get::<_, bool>(1)) {
+            (Some(holder), _) => return Ok(LeaseGrant::HeldBy(holder)),
+            (None, false) => return Err(StoreError::RunNotFound(run_id.clone()).into()),
+            (None, true) => {}
         }
     }
 }

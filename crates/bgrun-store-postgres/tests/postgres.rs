@@ -91,7 +91,7 @@ async fn replicas_starting_at_once_migrate_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     // Every replica sees what another wrote.
     let run = running_run(&stores[0]).await;
     assert_eq!(
@@ -226,6 +226,28 @@ async fn appends_survive_killed_connections_without_loss_or_duplicates() {
     assert_eq!(stored, events(&run, 0, BATCHES * BATCH));
     let record = store.get_run(&run.run_id).await.unwrap().unwrap();
     assert_eq!(record.last_event_index, Some(BATCHES * BATCH - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_on_a_run_that_does_not_exist_is_refused_and_leaves_nothing() {
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    let new = NewRun::new(RunTarget::new(RunKind::Agent, "a"), "in");
+    let hour = Duration::from_secs(3600);
+    match store.acquire_lease(&new.run_id, "replica-a", hour).await {
+        Err(StoreError::RunNotFound(id)) => assert_eq!(id, new.run_id),
+        other => panic!("expected RunNotFound, got {other:?}"),
+    }
+    // Nothing was left behind for the id: once the run exists, its lease is free.
+    let run_id = new.run_id.clone();
+    store.create_run(new).await.unwrap();
+    assert_eq!(
+        store
+            .acquire_lease(&run_id, "replica-b", hour)
+            .await
+            .unwrap(),
+        bgrun_core::LeaseGrant::Granted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
