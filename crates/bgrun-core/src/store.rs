@@ -187,7 +187,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes or renews the lease on a run for `owner`, lasting `ttl` from now. Granted when the
     /// run has no lease, an expired one, or one of `owner`'s. A lease is live while now is
-    /// before its expiry, so a zero `ttl` grants a lease that has lapsed at once.
+    /// before its expiry, so a zero `ttl` grants a lease that has lapsed at once. A run that
+    /// does not exist is `RunNotFound`, and no lease is taken for its id.
     async fn acquire_lease(
         &self,
         run_id: &RunId,

@@ -400,7 +400,8 @@ pub(crate) fn acquire_lease(
     let now_ms = now_millis();
     let changed = conn
         .prepare_cached(
-            "INSERT INTO leases (run_id, owner, expires_at) VALUES (?1, ?2, ?3) \
+            "INSERT INTO leases (run_id, owner, expires_at) SELECT ?1, ?2, ?3 \
+             WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?1) \
              ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, \
              expires_at = excluded.expires_at \
              WHERE leases.owner = excluded.owner OR leases.expires_at <= ?4",
@@ -412,11 +413,17 @@ pub(crate) fn acquire_lease(
     if changed > 0 {
         return Ok(LeaseGrant::Granted);
     }
-    let holder: String = conn
+    // Not taken: held by another owner, or (no lease row) the run does not exist.
+    let holder: Option<String> = conn
         .prepare_cached("SELECT owner FROM leases WHERE run_id = ?1")
-        .and_then(|mut stmt| stmt.query_row([run_id.as_str()], |row| row.get(0)))
+        .and_then(|mut stmt| {
+            stmt.query_row([run_id.as_str()], |row| row.get(0))
+                .optional()
+        })
         .map_err(sql("reading a lease"))?;
-    Ok(LeaseGrant::HeldBy(holder))
+    holder
+        .map(LeaseGrant::HeldBy)
+        .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))
 }
 
 /// `Store::renew_leases`: only live leases are extended.

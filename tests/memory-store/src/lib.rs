@@ -350,6 +350,9 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> StoreResult<LeaseGrant> {
         let mut state = self.state();
+        if !state.runs.contains_key(run_id) {
+            return Err(StoreError::RunNotFound(run_id.clone()));
+        }
         if let Some(lease) = state.leases.get(run_id) {
             if lease.owner != owner && lease.is_live(Instant::now()) {
                 return Ok(LeaseGrant::HeldBy(lease.owner.clone()));

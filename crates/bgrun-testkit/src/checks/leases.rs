@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bgrun_core::{LeaseGrant, RunRecord, RunStatus, Store};
+use bgrun_core::{LeaseGrant, RunRecord, RunStatus, Store, StoreError};
 
 use crate::support::{
-    apply, create, create_running, ensure, expect_eq, get, new_run, transition, CheckResult,
-    Succeeds, T0,
+    apply, create, create_running, ensure, expect_eq, fail, get, new_run, run_id, transition,
+    CheckResult, Succeeds, T0,
 };
 
 const HOUR: Duration = Duration::from_secs(60 * 60);
@@ -88,7 +88,8 @@ async fn renew(
 /// others and `Granted` again to its owner; a lapsed one goes to whoever asks. `renew_leases`
 /// extends only the owner's live leases and says how many; `release_lease` drops only the
 /// owner's. `orphaned_runs` holds exactly the `RUNNING` and `PAUSED` runs without a live lease,
-/// never a `PENDING` or terminal one, at most `limit`.
+/// never a `PENDING` or terminal one, at most `limit`. A lease on a run that does not exist is
+/// `RunNotFound`, and leaves nothing behind for its id.
 pub async fn leases(store: Arc<dyn Store>) -> CheckResult {
     let store = &*store;
     let pending = create(store, new_run("run-pending", "session-1", T0)).await?;
@@ -308,5 +309,24 @@ pub async fn leases(store: Arc<dyn Store>) -> CheckResult {
         &[],
     )
     .await?;
-    expect_orphans(store, &[], "run-3 ended ERROR").await
+    expect_orphans(store, &[], "run-3 ended ERROR").await?;
+
+    let missing = run_id("run-missing");
+    match store.acquire_lease(&missing, A, HOUR).await {
+        Err(StoreError::RunNotFound(id)) if id == missing => {}
+        other => fail!(
+            "acquire_lease(run-missing, {A}) of a run that does not exist: expected Err(RunNotFound(run-missing)), got {other:?}"
+        ),
+    }
+    // Nothing left for the id: once the run exists, its lease is free for anyone.
+    let created = create(store, new_run("run-missing", "session-1", T0)).await?;
+    acquire(
+        store,
+        &created,
+        B,
+        HOUR,
+        LeaseGrant::Granted,
+        "once the run exists, after a lease on its id was refused",
+    )
+    .await
 }
