@@ -2,10 +2,12 @@
 //!
 //! Every write checks whatever can refuse it before it changes a row: a refused write has
 //! written nothing (the writer relies on it). The writer's transaction holds the database's
-//! write lock, so a write reads the run, checks its status and log end, then updates the row by
-//! its rowid: two statements plus one insert per block of events, and a refusal is explained
-//! from the same read.
+//! write lock, so a write reads the run (a status change need not, when the writer holds the
+//! run as it last committed it), checks its status and log end, then updates the row by its
+//! rowid: two statements plus one insert per block of events, and a refusal is explained from
+//! the same read.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bgrun_core::{
@@ -18,6 +20,7 @@ use crate::blocks;
 use crate::codec::{
     index_to_sql, metadata_to_sql, params_to_sql, run_from_row, RUN_COLUMNS, SELECT_RUN, SEQ_COLUMN,
 };
+use crate::recent::Known;
 
 fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::backend(context, e)
@@ -36,8 +39,9 @@ fn expiry(now_ms: i64, ttl: Duration) -> i64 {
 }
 
 /// `Store::create_run`.
-pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcome> {
-    insert_run(conn, run, None).map(|outcome| outcome.created)
+/// `Store::create_run`; with the new run's row id (`None`: an earlier run's, by its key).
+pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<(CreateOutcome, Option<i64>)> {
+    insert_run(conn, run, None).map(|(outcome, seq)| (outcome.created, seq))
 }
 
 /// `Store::create_and_start_run`: the run's row is inserted `RUNNING` with its `RunStarted`
@@ -45,13 +49,13 @@ pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<CreateOutcom
 /// insert rather than an insert, a read and an update.
 ///
 /// With `lease` (`Store::create_and_start_leased`), a run it starts is also leased to that
-/// owner, in the same transaction.
+/// owner, in the same transaction. With the new run's row id, as [`create`].
 pub(crate) fn create_and_start(
     conn: &Connection,
     run: NewRun,
     started: &Event,
     lease: Option<(&str, Duration)>,
-) -> StoreResult<CreateAndStart> {
+) -> StoreResult<(CreateAndStart, Option<i64>)> {
     // Checked before the create: once it is written, a refused start would break the batch.
     if started.index() != 0 {
         return Err(StoreError::IndexConflict {
@@ -65,11 +69,12 @@ pub(crate) fn create_and_start(
 
 /// Creates `run`: `PENDING`, or, given its `RunStarted` event (index 0) and with no cancel
 /// intent waiting for it, `RUNNING` with that event (and leased, given a lease's owner and ttl).
+/// With the row id of the run it inserted.
 fn insert_run(
     conn: &Connection,
     run: NewRun,
     start: Option<(&Event, Option<(&str, Duration)>)>,
-) -> StoreResult<CreateAndStart> {
+) -> StoreResult<(CreateAndStart, Option<i64>)> {
     if let Some(key) = &run.idempotency_key {
         let earlier = conn
             .prepare_cached(&format!(
@@ -79,10 +84,13 @@ fn insert_run(
             .map_err(sql("looking up an idempotency key"))?;
         if let Some(earlier) = earlier {
             if run.created_at.saturating_sub(earlier.created_at) < IDEMPOTENCY_WINDOW_SECS {
-                return Ok(CreateAndStart {
-                    created: CreateOutcome::Existing(earlier),
-                    started: None,
-                });
+                return Ok((
+                    CreateAndStart {
+                        created: CreateOutcome::Existing(earlier),
+                        started: None,
+                    },
+                    None,
+                ));
             }
             // The key's window has passed: it is free for this run, if the run can be created
             // (a refused write must change nothing).
@@ -147,10 +155,11 @@ fn insert_run(
         });
     match inserted {
         Ok(_) => {
+            let seq = conn.last_insert_rowid();
             let created = run.into_record();
             let started = match start {
                 Some((at, blocks)) => {
-                    insert_blocks(conn, conn.last_insert_rowid(), &blocks)?;
+                    insert_blocks(conn, seq, &blocks)?;
                     if let Some((owner, ttl)) = lease {
                         lease_new_run(conn, &created.run_id, owner, ttl)?;
                     }
@@ -162,13 +171,16 @@ fn insert_run(
                 }
                 None => None,
             };
-            Ok(CreateAndStart {
-                created: CreateOutcome::Created {
-                    run: created,
-                    cancel_requested,
+            Ok((
+                CreateAndStart {
+                    created: CreateOutcome::Created {
+                        run: created,
+                        cancel_requested,
+                    },
+                    started,
                 },
-                started,
-            })
+                Some(seq),
+            ))
         }
         // The idempotency key was checked (and freed if stale) above, so the one unique
         // constraint left to break is the run id's.
@@ -300,10 +312,11 @@ pub(crate) fn append(
     insert_events(conn, seq, events)
 }
 
-/// `Store::transition`.
+/// `Store::transition`; with the run's row id when it is applied.
 ///
-/// The run is read, checked, then updated by its rowid: the writer's transaction holds the
-/// database's write lock, so nothing changes the row in between. An `UPDATE .. RETURNING`
+/// The run is checked, then updated by its rowid: the writer's transaction holds the
+/// database's write lock, so nothing changes the row in between. The run is `known` when the
+/// writer holds it as it last committed it (`recent.rs`), else read. An `UPDATE .. RETURNING`
 /// would do it in one statement, but SQLite buffers what `RETURNING` returns in a temporary
 /// b-tree opened and closed on every execution, which cost more than the read.
 pub(crate) fn transition(
@@ -311,23 +324,27 @@ pub(crate) fn transition(
     run_id: &RunId,
     transition: &Transition,
     events: &[Event],
-) -> StoreResult<TransitionOutcome> {
+    known: Option<Known>,
+) -> StoreResult<(TransitionOutcome, Option<i64>)> {
     transition.from.check_transition(transition.to)?;
     // Indexes beyond SQLite's integers are refused before anything is read.
     let new_last = expected_and_new_last(events)?.map(|(_, new_last)| new_last);
-    let found = conn
-        .prepare_cached(SELECT_RUN)
-        .and_then(|mut stmt| {
-            stmt.query_row([run_id.as_str()], |row| {
-                Ok((run_from_row(row)?, row.get::<_, i64>(SEQ_COLUMN)?))
+    let (mut run, seq) = match known {
+        Some(Known { seq, run }) => (Arc::unwrap_or_clone(run), seq),
+        None => conn
+            .prepare_cached(SELECT_RUN)
+            .and_then(|mut stmt| {
+                stmt.query_row([run_id.as_str()], |row| {
+                    Ok((run_from_row(row)?, row.get::<_, i64>(SEQ_COLUMN)?))
+                })
+                .optional()
             })
-            .optional()
-        })
-        .map_err(sql("reading a run"))?;
-    let (mut run, seq) = found.ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?;
+            .map_err(sql("reading a run"))?
+            .ok_or_else(|| StoreError::RunNotFound(run_id.clone()))?,
+    };
     // The status is compared first, as the loser of a race must learn it.
     if run.status != transition.from {
-        return Ok(TransitionOutcome::Conflict { actual: run.status });
+        return Ok((TransitionOutcome::Conflict { actual: run.status }, None));
     }
     explain_refusal(run_id, run.last_event_index, events)?;
     conn.prepare_cached(
@@ -363,7 +380,7 @@ pub(crate) fn transition(
     if let Some(last) = events.last() {
         run.last_event_index = Some(last.index());
     }
-    Ok(TransitionOutcome::Applied(Box::new(run)))
+    Ok((TransitionOutcome::Applied(Box::new(run)), Some(seq)))
 }
 
 /// `Store::request_cancel`: the first intent's time is kept.

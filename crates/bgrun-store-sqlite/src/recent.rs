@@ -15,6 +15,10 @@
 //!   returned may then be older than the row), and ends the batch. An append forgets its run
 //!   until a later batch changes its status.
 //!
+//! The writer also takes the records of the runs whose status a batch changes as it forgets
+//! them, with their row ids ([`Known`]): a status change of a run held here needs no read of its
+//! row.
+//!
 //! A failed batch leaves its runs forgotten; a writer that stops ends every batch. The cache
 //! holds at most [`RecentRuns::new`]'s bytes (an estimate of each record's size), oldest
 //! remembered first out; a record larger than [`MAX_RECORD_BYTES`] is not kept.
@@ -39,6 +43,13 @@ pub(crate) struct RecentRuns {
     inner: Mutex<Inner>,
     /// The number of the last batch that ended (`u64::MAX` once the writer stopped).
     ended: watch::Sender<u64>,
+}
+
+/// A run as the writer last committed it, and its row id (`seq`).
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    pub(crate) seq: i64,
+    pub(crate) run: Arc<RunRecord>,
 }
 
 /// What the cache knows of a run.
@@ -69,7 +80,7 @@ struct Inner {
 struct Entry {
     generation: u64,
     bytes: usize,
-    run: Arc<RunRecord>,
+    known: Known,
 }
 
 impl RecentRuns {
@@ -101,7 +112,7 @@ impl RecentRuns {
     pub(crate) fn lookup(&self, run_id: &RunId) -> Lookup {
         let inner = self.lock();
         if let Some(entry) = inner.runs.get(run_id) {
-            Lookup::Committed(Arc::clone(&entry.run))
+            Lookup::Committed(Arc::clone(&entry.known.run))
         } else if inner.changing.contains(run_id) {
             Lookup::Changing(inner.batch)
         } else {
@@ -118,16 +129,19 @@ impl RecentRuns {
 
     /// Starts batch number `batch` (each larger than the last), which changes the status of
     /// `changing`: they are forgotten and marked as changing until [`end_batch`](Self::end_batch).
+    /// The records it held of them go to `taken`, for the batch's writes.
     pub(crate) fn begin_batch<'a>(
         &self,
         batch: u64,
         changing: impl IntoIterator<Item = &'a RunId>,
+        taken: &mut HashMap<RunId, Known>,
     ) {
         let mut inner = self.lock();
         inner.batch = batch;
         for run_id in changing {
             if let Some(entry) = inner.runs.remove(run_id) {
                 inner.bytes -= entry.bytes;
+                taken.insert(run_id.clone(), entry.known);
             }
             inner.changing.insert(run_id.clone());
         }
@@ -135,7 +149,7 @@ impl RecentRuns {
 
     /// Ends the batch in progress: remembers the records it committed (none if it failed),
     /// and wakes whoever waits for it.
-    pub(crate) fn end_batch(&self, committed: impl IntoIterator<Item = RunRecord>) {
+    pub(crate) fn end_batch(&self, committed: impl IntoIterator<Item = (i64, RunRecord)>) {
         let batch = {
             let mut inner = self.lock();
             inner.changing.clear();
@@ -168,11 +182,11 @@ impl RecentRuns {
     /// Remembers committed records, evicting the oldest past the bound.
     #[cfg(test)]
     fn remember(&self, runs: impl IntoIterator<Item = RunRecord>) {
-        self.remember_locked(&mut self.lock(), runs);
+        self.remember_locked(&mut self.lock(), runs.into_iter().map(|run| (0, run)));
     }
 
-    fn remember_locked(&self, inner: &mut Inner, runs: impl IntoIterator<Item = RunRecord>) {
-        for run in runs {
+    fn remember_locked(&self, inner: &mut Inner, runs: impl IntoIterator<Item = (i64, RunRecord)>) {
+        for (seq, run) in runs {
             let bytes = record_bytes(&run);
             if bytes > MAX_RECORD_BYTES || bytes > self.max_bytes {
                 if let Some(entry) = inner.runs.remove(&run.run_id) {
@@ -186,9 +200,12 @@ impl RecentRuns {
             let entry = Entry {
                 generation,
                 bytes,
-                run: Arc::new(run),
+                known: Known {
+                    seq,
+                    run: Arc::new(run),
+                },
             };
-            if let Some(old) = inner.runs.insert(entry.run.run_id.clone(), entry) {
+            if let Some(old) = inner.runs.insert(entry.known.run.run_id.clone(), entry) {
                 inner.bytes -= old.bytes;
             }
             inner.bytes += bytes;
@@ -303,8 +320,12 @@ mod tests {
         let (mut record, other) = (run("hi"), run("other"));
         recent.remember([record.clone(), other.clone()]);
 
-        recent.begin_batch(1, [&record.run_id]);
+        let mut taken = HashMap::new();
+        recent.begin_batch(1, [&record.run_id], &mut taken);
         assert_eq!(recent.lookup(&record.run_id), Lookup::Changing(1));
+        // The batch's writes have the record it held.
+        assert_eq!(*taken[&record.run_id].run, record);
+        assert_eq!(taken.len(), 1);
         assert_eq!(
             recent.lookup(&other.run_id),
             Lookup::Committed(Arc::new(other.clone()))
@@ -314,7 +335,7 @@ mod tests {
         assert!(is_pending(waiting.as_mut()));
 
         record.status = RunStatus::Completed;
-        recent.end_batch([record.clone()]);
+        recent.end_batch([(7, record.clone())]);
         assert!(!is_pending(waiting.as_mut()));
         assert_eq!(
             recent.lookup(&record.run_id),
@@ -322,7 +343,9 @@ mod tests {
         );
 
         // A failed batch leaves its runs to the database.
-        recent.begin_batch(2, [&record.run_id]);
+        taken.clear();
+        recent.begin_batch(2, [&record.run_id], &mut taken);
+        assert_eq!(taken[&record.run_id].seq, 7);
         recent.end_batch([]);
         assert_eq!(recent.lookup(&record.run_id), Lookup::Unknown);
         let ended = recent.batch_ended(2);
@@ -334,7 +357,7 @@ mod tests {
     fn no_one_waits_once_the_writer_stopped() {
         let recent = RecentRuns::new(DEFAULT_BYTES);
         let record = run("hi");
-        recent.begin_batch(1, [&record.run_id]);
+        recent.begin_batch(1, [&record.run_id], &mut HashMap::new());
         let waiting = recent.batch_ended(1);
         tokio::pin!(waiting);
         assert!(is_pending(waiting.as_mut()));

@@ -13,7 +13,7 @@
 //! reports that the WAL has grown past [`CHECKPOINT_PAGES`], concurrently with later commits.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lock::FileLock;
-use crate::recent::RecentRuns;
+use crate::recent::{Known, RecentRuns};
 use crate::{ops, schema, streams};
 
 /// The most commands one transaction takes.
@@ -274,11 +274,21 @@ pub(crate) enum Command {
 /// A command's result, held until the batch commits.
 // Held in a `Vec` reused across batches: unboxed, a created record costs no extra allocation.
 #[allow(clippy::large_enum_variant)]
+/// A command's reply and its result; a write of a run's record with the run's row id.
 enum Done {
-    Create(Reply<CreateOutcome>, StoreResult<CreateOutcome>),
-    CreateAndStart(Reply<CreateAndStart>, StoreResult<CreateAndStart>),
+    Create(
+        Reply<CreateOutcome>,
+        StoreResult<(CreateOutcome, Option<i64>)>,
+    ),
+    CreateAndStart(
+        Reply<CreateAndStart>,
+        StoreResult<(CreateAndStart, Option<i64>)>,
+    ),
     Unit(Reply<()>, StoreResult<()>),
-    Transition(Reply<TransitionOutcome>, StoreResult<TransitionOutcome>),
+    Transition(
+        Reply<TransitionOutcome>,
+        StoreResult<(TransitionOutcome, Option<i64>)>,
+    ),
     Lease(Reply<LeaseGrant>, StoreResult<LeaseGrant>),
     Count(Reply<u64>, StoreResult<u64>),
     CreateStream(Reply<CreateStreamOutcome>, StoreResult<CreateStreamOutcome>),
@@ -311,23 +321,31 @@ impl Command {
 
 impl Done {
     /// The record a committed command left, when it says.
-    fn committed_run(&self) -> Option<RunRecord> {
+    fn committed_run(&self) -> Option<(i64, RunRecord)> {
         match self {
-            Self::Create(_, Ok(CreateOutcome::Created { run, .. }))
+            Self::Create(_, Ok((CreateOutcome::Created { run, .. }, Some(seq))))
             | Self::CreateAndStart(
                 _,
-                Ok(CreateAndStart {
-                    created: CreateOutcome::Created { run, .. },
-                    started: None,
-                }),
+                Ok((
+                    CreateAndStart {
+                        created: CreateOutcome::Created { run, .. },
+                        started: None,
+                    },
+                    Some(seq),
+                )),
             )
             | Self::CreateAndStart(
                 _,
-                Ok(CreateAndStart {
-                    started: Some(run), ..
-                }),
-            ) => Some(run.clone()),
-            Self::Transition(_, Ok(TransitionOutcome::Applied(run))) => Some(RunRecord::clone(run)),
+                Ok((
+                    CreateAndStart {
+                        started: Some(run), ..
+                    },
+                    Some(seq),
+                )),
+            ) => Some((*seq, run.clone())),
+            Self::Transition(_, Ok((TransitionOutcome::Applied(run), Some(seq)))) => {
+                Some((*seq, RunRecord::clone(run)))
+            }
             _ => None,
         }
     }
@@ -335,10 +353,14 @@ impl Done {
     /// Replies, turning a success into an error when the batch did not commit.
     fn send(self, failed_commit: Option<&str>) {
         match self {
-            Self::Create(reply, result) => send(reply, result, failed_commit),
-            Self::CreateAndStart(reply, result) => send(reply, result, failed_commit),
+            Self::Create(reply, result) => send(reply, result.map(|(done, _)| done), failed_commit),
+            Self::CreateAndStart(reply, result) => {
+                send(reply, result.map(|(done, _)| done), failed_commit)
+            }
             Self::Unit(reply, result) => send(reply, result, failed_commit),
-            Self::Transition(reply, result) => send(reply, result, failed_commit),
+            Self::Transition(reply, result) => {
+                send(reply, result.map(|(done, _)| done), failed_commit)
+            }
             Self::Lease(reply, result) => send(reply, result, failed_commit),
             Self::Count(reply, result) => send(reply, result, failed_commit),
             Self::CreateStream(reply, result) => send(reply, result, failed_commit),
@@ -424,6 +446,8 @@ pub(crate) struct Writer {
     recent: Arc<RecentRuns>,
     /// The runs the current batch appends to.
     appended: HashSet<RunId>,
+    /// The runs whose status the current batch changes, as last committed (those it held).
+    known: HashMap<RunId, Known>,
     /// The number of the last batch begun.
     batch_number: u64,
     _ends_batches: EndsBatchesOnDrop,
@@ -456,6 +480,7 @@ impl Writer {
             _ends_batches: EndsBatchesOnDrop(Arc::clone(&recent)),
             recent,
             appended: HashSet::new(),
+            known: HashMap::new(),
             batch_number: 0,
             done: Vec::with_capacity(MAX_BATCH),
             checkpoints: None,
@@ -531,12 +556,14 @@ impl Writer {
         // The others whose status changes are answered once the batch ends.
         self.batch_number += 1;
         let appended = &self.appended;
+        self.known.clear();
         self.recent.begin_batch(
             self.batch_number,
             batch
                 .iter()
                 .filter_map(Command::changed_run)
                 .filter(|run_id| !appended.contains(*run_id)),
+            &mut self.known,
         );
         let outcome = self.run_batch(batch);
         let failed = outcome.err().map(|Broken(why)| why);
@@ -554,7 +581,7 @@ impl Writer {
                 .iter()
                 .filter(|_| failed.is_none())
                 .filter_map(Done::committed_run)
-                .filter(|run| !appended.contains(&run.run_id)),
+                .filter(|(_, run)| !appended.contains(&run.run_id)),
         );
         for done in self.done.drain(..) {
             done.send(failed.as_deref());
@@ -626,8 +653,15 @@ impl Writer {
                 reply,
             } => Done::Transition(
                 reply,
+                // Taken: a second change of the run in this batch reads the row the first left.
                 guarded(&self.conn, &mut broken, |conn| {
-                    ops::transition(conn, &run_id, &transition, &events)
+                    ops::transition(
+                        conn,
+                        &run_id,
+                        &transition,
+                        &events,
+                        self.known.remove(&run_id),
+                    )
                 }),
             ),
             Command::RequestCancel { run_id, at, reply } => Done::Unit(
@@ -1200,5 +1234,103 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows, 0);
+    }
+
+    /// A transition of a run the writer holds as it last committed it takes the record (and
+    /// row id) from there; a second change of the run in the same batch reads the row the first
+    /// left, and a run the cache let go is read.
+    #[test]
+    fn status_changes_of_held_runs_read_no_row_and_stay_exact() {
+        let (_dir, mut writer) = writer();
+        let (a, b) = (new_run("a"), new_run("b"));
+        let mut ignored = Vec::new();
+        let mut created = vec![];
+        for run in [&a, &b] {
+            let (reply, answer) = oneshot::channel();
+            created.push(Command::CreateAndStart {
+                run: Box::new(run.clone()),
+                started: event(run, 0),
+                lease: None,
+                reply,
+            });
+            ignored.push(answer);
+        }
+        writer.execute(&mut created);
+        assert!(writer.recent.get(&a.run_id).is_some());
+        // `b` left the cache: its transition reads the row.
+        writer.recent.forget([&b.run_id]);
+
+        let transition = |run: &NewRun, from, to, index| {
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Transition {
+                run_id: run.run_id.clone(),
+                transition: Box::new(Transition::new(from, to)),
+                events: vec![event(run, index)],
+                reply,
+            };
+            (command, answer)
+        };
+        let (pause_a, mut paused_a) = transition(&a, RunStatus::Running, RunStatus::Paused, 1);
+        // Written against the record held before the batch, this would apply.
+        let (end_a, mut ended_a) = transition(&a, RunStatus::Running, RunStatus::Completed, 2);
+        let (resume_a, mut resumed_a) = transition(&a, RunStatus::Paused, RunStatus::Running, 2);
+        let (end_b, mut ended_b) = transition(&b, RunStatus::Running, RunStatus::Completed, 1);
+        writer.execute(&mut vec![pause_a, end_a, resume_a, end_b]);
+
+        let applied = |outcome: StoreResult<TransitionOutcome>| match outcome.unwrap() {
+            TransitionOutcome::Applied(run) => *run,
+            other => panic!("not applied: {other:?}"),
+        };
+        let paused = applied(paused_a.try_recv().unwrap());
+        assert_eq!(
+            (paused.status, paused.last_event_index, &paused.input),
+            (RunStatus::Paused, Some(1), &a.input)
+        );
+        assert_eq!(
+            ended_a.try_recv().unwrap().unwrap(),
+            TransitionOutcome::Conflict {
+                actual: RunStatus::Paused
+            }
+        );
+        let resumed = applied(resumed_a.try_recv().unwrap());
+        assert_eq!(
+            (resumed.status, resumed.last_event_index),
+            (RunStatus::Running, Some(2))
+        );
+        let ended = applied(ended_b.try_recv().unwrap());
+        assert_eq!(
+            (ended.status, ended.last_event_index, &ended.session_id),
+            (RunStatus::Completed, Some(1), &b.session_id)
+        );
+        assert_eq!(status_of(&writer, "a"), Some(("RUNNING".into(), Some(2))));
+        assert_eq!(status_of(&writer, "b"), Some(("COMPLETED".into(), Some(1))));
+        // The cache holds each run as its last write left it, row id included: a further
+        // change by the cached record lands on the run's own row and log.
+        assert_eq!(writer.recent.get(&a.run_id), Some(resumed));
+        let (end_a, mut ended_a) = transition(&a, RunStatus::Running, RunStatus::Completed, 3);
+        writer.execute(&mut vec![end_a]);
+        assert_eq!(
+            applied(ended_a.try_recv().unwrap()).status,
+            RunStatus::Completed
+        );
+        assert_eq!(status_of(&writer, "a"), Some(("COMPLETED".into(), Some(3))));
+        let blocks: Vec<(String, i64)> = writer
+            .conn
+            .prepare(
+                "SELECT r.run_id, b.last_index FROM event_blocks b JOIN runs r ON r.seq = b.run_seq \
+                 ORDER BY r.run_id, b.last_index",
+            )
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected: Vec<(String, i64)> =
+            [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("b", 1)]
+                .iter()
+                .map(|(id, index)| (id.to_string(), *index))
+                .collect();
+        assert_eq!(blocks, expected);
+        drop(ignored);
     }
 }
