@@ -18,6 +18,20 @@ pub fn now() -> Timestamp {
         .unwrap_or(0)
 }
 
+/// The memory a JSON value holds, as [`RunRecord::estimated_bytes`] counts it.
+fn value_bytes(value: &Value) -> usize {
+    let node = std::mem::size_of::<Value>();
+    node + match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| key.len() + value_bytes(value))
+            .sum(),
+    }
+}
+
 /// How long an idempotency key keeps pointing at the run it created, in seconds.
 pub const IDEMPOTENCY_WINDOW_SECS: Timestamp = 24 * 60 * 60;
 
@@ -60,6 +74,24 @@ impl RunRecord {
     /// True once the run is terminal (`COMPLETED`, `ERROR`, `CANCELLED`): a poll loop over it ends.
     pub fn has_completed(&self) -> bool {
         self.status.is_terminal()
+    }
+
+    /// An estimate of the memory the record holds, in bytes: its own size and its text and
+    /// JSON. For caches of records bounded by the memory they take.
+    pub fn estimated_bytes(&self) -> usize {
+        let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        std::mem::size_of::<RunRecord>()
+            + self.input.len()
+            + self.target.component_id.len()
+            + text(&self.user_id)
+            + text(&self.content)
+            + text(&self.error)
+            + self
+                .params
+                .iter()
+                .map(|(key, value)| key.len() + value_bytes(value))
+                .sum::<usize>()
+            + self.metadata.as_ref().map_or(0, value_bytes)
     }
 
     /// How many events the run has stored: its last index + 1.

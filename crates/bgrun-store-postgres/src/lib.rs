@@ -38,6 +38,8 @@
 //! - Connection errors are retried with backoff. Writes stay exactly-once across a retry whose
 //!   earlier attempt may have committed: appends find their events already stored with the
 //!   same JSON, creates and transitions find the token they wrote.
+//! - A finished run is kept in memory once this store wrote or read it (bounded; it never
+//!   changes again), so polling it costs no query (see `finished`).
 //! - Leases expire by the database's clock (`now() + ttl`; `clock_timestamp()` in a batch), so replicas' clocks need not agree.
 //! - Durable streams: each operation is one transaction on a pooled connection. An append
 //!   locks the stream's row (`FOR UPDATE`, so one stream's appends serialise and offsets stay
@@ -57,6 +59,7 @@ mod config;
 mod cursor;
 mod events;
 mod fault;
+mod finished;
 mod lease;
 mod migrate;
 mod notify;

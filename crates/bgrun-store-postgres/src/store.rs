@@ -19,6 +19,7 @@ use tokio_postgres::NoTls;
 
 use crate::config::PostgresConfig;
 use crate::fault::RetryPolicy;
+use crate::finished::FinishedRuns;
 use crate::migrate::{migrate, quoted};
 use crate::notify::{spawn_listener, Channels, Notification};
 use crate::writer::{Command, LeasedStart, Writers};
@@ -61,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) streams: streams::Sql,
     /// The appends waiting for their stream's next transaction (see [`crate::streams`]).
     pub(crate) stream_appends: streams::Queues,
+    /// The finished runs it wrote or read (see [`crate::finished`]).
+    pub(crate) finished: FinishedRuns,
 }
 
 impl Inner {
@@ -132,6 +135,7 @@ impl PostgresStore {
                 bulk: crate::bulk::Sql::new(&quoted_schema),
                 streams: streams::Sql::new(&quoted_schema),
                 stream_appends: streams::Queues::default(),
+                finished: FinishedRuns::new(crate::finished::MAX_BYTES),
                 quoted_schema,
                 schema: config.schema,
                 channels,
@@ -296,7 +300,14 @@ impl Store for PostgresStore {
     }
 
     async fn get_run(&self, run_id: &RunId) -> StoreResult<Option<RunRecord>> {
-        runs::get(&self.inner, run_id).await
+        if let Some(run) = self.inner.finished.get(run_id) {
+            return Ok(Some(run));
+        }
+        let run = runs::get(&self.inner, run_id).await?;
+        if let Some(run) = &run {
+            self.inner.finished.remember(run);
+        }
+        Ok(run)
     }
 
     async fn list_runs(

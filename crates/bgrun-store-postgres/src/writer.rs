@@ -470,6 +470,7 @@ async fn run_batch(inner: &Inner, mut batch: Vec<Queued>) -> Vec<Queued> {
                         .filter_map(|(queued, output)| queued.command.stored(output))
                         .collect();
                     for (queued, output) in applied {
+                        remember_finished(inner, &output);
                         queued.command.reply(Ok(output));
                     }
                     // After the replies: listeners elsewhere need not hold up the writers here.
@@ -491,6 +492,14 @@ async fn run_batch(inner: &Inner, mut batch: Vec<Queued>) -> Vec<Queued> {
         again.extend(run_commands(inner, slow).await);
     }
     again
+}
+
+/// Keeps the run a committed transition ended (see [`crate::finished`]), before its caller
+/// learns of it.
+fn remember_finished(inner: &Inner, output: &Output) {
+    if let Output::Transitioned(TransitionOutcome::Applied(run)) = output {
+        inner.finished.remember(run);
+    }
 }
 
 /// Executes `batch` command by command, each in a savepoint, in one transaction.
@@ -569,7 +578,10 @@ async fn run_commands(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
     drop(client);
     for (queued, result) in executed {
         match result {
-            Ok(output) => queued.command.reply(Ok(output)),
+            Ok(output) => {
+                remember_finished(inner, &output);
+                queued.command.reply(Ok(output));
+            }
             Err(failure) => retry_or_fail(inner, queued, failure, &mut again),
         }
     }

@@ -324,6 +324,75 @@ async fn leased_creates_survive_killed_connections_each_stored_once_started_and_
     assert!(store.orphaned_runs(10).await.unwrap().is_empty());
 }
 
+/// A finished run never changes again: once a store ended it, or read it ended, it answers
+/// `get_run` from memory. With the runs table out of the way, such runs are still answered,
+/// and a run still running (which may yet change) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_are_answered_from_memory_and_running_ones_from_the_table() {
+    let schema = TestSchema::new();
+    let store = schema.store().await.unwrap();
+    let other = schema.store().await.unwrap();
+    let (ended, read_ended, running) = (
+        running_run(&store).await,
+        running_run(&store).await,
+        running_run(&store).await,
+    );
+    let mut completed = Transition::new(RunStatus::Running, RunStatus::Completed);
+    completed.content = Some("done".into());
+    let mut finished = Vec::new();
+    for run in [&ended, &read_ended] {
+        match store
+            .transition(&run.run_id, &completed, &events(run, 0, 2))
+            .await
+            .unwrap()
+        {
+            TransitionOutcome::Applied(run) => finished.push(*run),
+            outcome => panic!("not applied: {outcome:?}"),
+        }
+    }
+    // `other` learns of one finished run by reading it, and reads the running one.
+    assert_eq!(
+        other.get_run(&read_ended.run_id).await.unwrap().as_ref(),
+        Some(&finished[1])
+    );
+    assert_eq!(
+        other
+            .get_run(&running.run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::Running
+    );
+
+    let name = schema.name();
+    schema
+        .execute(&format!("ALTER TABLE \"{name}\".runs RENAME TO runs_away"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run(&ended.run_id).await.unwrap().as_ref(),
+        Some(&finished[0])
+    );
+    assert_eq!(
+        other.get_run(&read_ended.run_id).await.unwrap().as_ref(),
+        Some(&finished[1])
+    );
+    for store in [&store, &other] {
+        assert!(store.get_run(&running.run_id).await.is_err());
+    }
+    // `other` never held `ended`: it has to ask the table.
+    assert!(other.get_run(&ended.run_id).await.is_err());
+    schema
+        .execute(&format!("ALTER TABLE \"{name}\".runs_away RENAME TO runs"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_run(&ended.run_id).await.unwrap().as_ref(),
+        Some(&finished[0])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_server_refuses_fails_alone_and_the_writes_batched_with_it_commit() {
     const RUNS: usize = 24;

@@ -27,7 +27,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bgrun_core::{RunId, RunRecord};
-use serde_json::Value;
 use tokio::sync::watch;
 
 /// The default bound of the cache: the estimated bytes of the records it holds.
@@ -187,7 +186,7 @@ impl RecentRuns {
 
     fn remember_locked(&self, inner: &mut Inner, runs: impl IntoIterator<Item = (i64, RunRecord)>) {
         for (seq, run) in runs {
-            let bytes = record_bytes(&run);
+            let bytes = run.estimated_bytes();
             if bytes > MAX_RECORD_BYTES || bytes > self.max_bytes {
                 if let Some(entry) = inner.runs.remove(&run.run_id) {
                     inner.bytes -= entry.bytes;
@@ -245,36 +244,6 @@ impl Inner {
                     .is_some_and(|entry| entry.generation == *generation)
             });
         }
-    }
-}
-
-/// An estimate of the memory a record holds.
-fn record_bytes(run: &RunRecord) -> usize {
-    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
-    std::mem::size_of::<RunRecord>()
-        + run.input.len()
-        + run.target.component_id.len()
-        + text(&run.user_id)
-        + text(&run.content)
-        + text(&run.error)
-        + run
-            .params
-            .iter()
-            .map(|(key, value)| key.len() + value_bytes(value))
-            .sum::<usize>()
-        + run.metadata.as_ref().map_or(0, value_bytes)
-}
-
-fn value_bytes(value: &Value) -> usize {
-    let node = std::mem::size_of::<Value>();
-    node + match value {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        Value::String(text) => text.len(),
-        Value::Array(items) => items.iter().map(value_bytes).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(key, value)| key.len() + value_bytes(value))
-            .sum(),
     }
 }
 
@@ -368,7 +337,7 @@ mod tests {
 
     #[test]
     fn the_oldest_runs_go_first_past_the_bound() {
-        let one = record_bytes(&run("x"));
+        let one = run("x").estimated_bytes();
         let recent = RecentRuns::new(4 * one);
         let runs: Vec<RunRecord> = (0..5).map(|_| run("x")).collect();
         // The first run remembered again (a status change) is younger than the second.
