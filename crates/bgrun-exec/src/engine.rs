@@ -619,8 +619,17 @@ impl Engine {
         if let Some(active) = self.inner.active(run_id) {
             active.ended.cancelled().await;
         } else {
+            // A run that has ended is answered as it is; one executing elsewhere (or about to
+            // start here) is followed from the events already stored to its terminal one.
+            let run = self
+                .get_run(run_id)
+                .await?
+                .ok_or_else(|| EngineError::RunNotFound(run_id.clone()))?;
+            if run.has_completed() {
+                return Ok(run);
+            }
             use futures::StreamExt;
-            let mut events = self.events(run_id, None);
+            let mut events = self.events(run_id, run.last_event_index);
             while let Some(event) = events.next().await {
                 event?;
             }

@@ -65,6 +65,51 @@ async fn postgres_resume_on_another_replica_gives_exactly_the_rest_live() {
     assert_eq!(whole.len(), 202);
 }
 
+/// `wait` on a replica that does not execute the run follows it to its end from where its log
+/// stands, and once it has ended answers it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_waits_for_a_run_another_executes() {
+    let schema = TestSchema::new();
+    let gated = Gated::new();
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let store = std::sync::Arc::new(schema.store().await.unwrap());
+        let registry = bgrun_exec::demo::registry().with(gated.clone());
+        engines.push(
+            Engine::open(store, registry, EngineConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let (a, b) = (&engines[0], &engines[1]);
+    let run = a
+        .start(StartRequest::agent("gated", "in"))
+        .await
+        .unwrap()
+        .run;
+    // Held RUNNING by its gate, with its first content stored: B follows it from there.
+    let mut on_b = b.events(&run.run_id, None);
+    while on_b.next().await.unwrap().unwrap().event_type() != "RunContent" {}
+    drop(on_b);
+    let waiting = tokio::spawn({
+        let (b, run_id) = (b.clone(), run.run_id.clone());
+        async move { b.wait(&run_id).await }
+    });
+    gated.gate.add_permits(1);
+    let ended = waiting.await.unwrap().unwrap();
+    assert_eq!(ended.status, RunStatus::Completed);
+    assert_eq!(ended.content.as_deref(), Some("hello world"));
+    assert_eq!(ended, a.get_run(&run.run_id).await.unwrap().unwrap());
+    // Ended: both answer it as it is.
+    assert_eq!(b.wait(&run.run_id).await.unwrap(), ended);
+    assert_eq!(a.wait(&run.run_id).await.unwrap(), ended);
+    let unknown = RunId::generate();
+    assert!(matches!(
+        b.wait(&unknown).await,
+        Err(bgrun_exec::EngineError::RunNotFound(id)) if id == unknown
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_polling_a_run_executed_elsewhere_reads_only_its_new_events() {
     let schema = TestSchema::new();
