@@ -74,12 +74,7 @@ impl TestSchema {
     pub async fn terminate_connections(&self) -> Result<u64, tokio_postgres::Error> {
         let client = connect(&self.url).await?;
         let row = client
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                 AND application_name = $1",
-                &[&self.name],
-            )
+            .query_one(TERMINATE_CONNECTIONS, &[&self.name])
             .await?;
         Ok(row.get::<_, i64>(0).unsigned_abs())
     }
@@ -90,11 +85,29 @@ impl TestSchema {
         connect(&self.url).await?.batch_execute(sql).await
     }
 
+    /// Drops the schema. A store still using it (a test's engine is often dropped after its
+    /// schema, with runs still writing) may hold locks the drop waits for, or deadlock with it:
+    /// its connections are terminated first, and a failed drop is tried again.
     async fn drop_schema(url: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+        const ATTEMPTS: u32 = 5;
         let client = connect(url).await?;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-            .await
+        let mut attempt = 1;
+        loop {
+            client.query_one(TERMINATE_CONNECTIONS, &[&name]).await?;
+            match client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await
+            {
+                Err(error) if error.as_db_error().is_some() && attempt < ATTEMPTS => {
+                    // Backoff before the next attempt, not synchronisation: the stores that
+                    // reconnect meanwhile are terminated again.
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 }
 
@@ -129,6 +142,11 @@ impl Drop for TestSchema {
         }
     }
 }
+
+/// Terminates the server connections named `$1` (a schema's stores'); answers how many.
+const TERMINATE_CONNECTIONS: &str =
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = $1";
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
