@@ -19,7 +19,8 @@ use bgrun_exec::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How long, past the grace, open connections may take to close at a stop.
+/// How long, past the longer of the runs' grace and the HTTP server's own wait, open
+/// connections may take to close at a stop.
 const DRAIN_EXTRA: Duration = Duration::from_secs(1);
 
 /// `bgrun serve`: each flag has an environment variable; the flag wins.
@@ -86,6 +87,17 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(0..=3_600)
     )]
     shutdown_grace_secs: u64,
+    /// Seconds the server gives requests still in flight at a stop (SIGTERM, SIGINT) to finish,
+    /// once it stopped accepting, ended its SSE streams and WebSocket sessions (clients resume)
+    /// and answered its long-polls; then it closes them. Runs are stopped meanwhile, with
+    /// --shutdown-grace-secs.
+    #[arg(
+        long,
+        env = "BGRUN_HTTP_SHUTDOWN_SECS",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(0..=3_600)
+    )]
+    http_shutdown_secs: u64,
     /// The largest body of a Durable Streams create or append, in bytes (413 beyond).
     #[arg(
         long,
@@ -171,6 +183,7 @@ fn http_config(args: &ServeArgs, security_key: Option<String>) -> bgrun_http::Ht
         stream_body_limit: usize::try_from(args.stream_body_limit_bytes).unwrap_or(usize::MAX),
         stream_long_poll: Duration::from_secs(args.stream_long_poll_secs),
         stream_sse_lifetime: Duration::from_secs(args.stream_sse_lifetime_secs),
+        shutdown_timeout: Duration::from_secs(args.http_shutdown_secs),
         ..bgrun_http::HttpConfig::default()
     }
 }
@@ -298,6 +311,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the engine on {}", args.database_url))?;
 
     let http = http_config(&args, security_key);
+    let drain_for = grace.max(http.shutdown_timeout) + DRAIN_EXTRA;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = bgrun_http::serve(listener, engine.clone(), http, async move {
         let _ = stopped.await;
@@ -329,7 +343,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let drain = async {
         let (_, served) = tokio::join!(
             engine.shutdown(grace),
-            tokio::time::timeout(grace + DRAIN_EXTRA, &mut server)
+            tokio::time::timeout(drain_for, &mut server)
         );
         match served {
             Ok(result) => result.context("the HTTP server failed while stopping"),
@@ -435,6 +449,16 @@ mod tests {
         let args = parse(&[]).unwrap();
         assert_eq!(args.pg_schema, "bgrun");
         assert_eq!(args.shutdown_grace_secs, 3);
+        let http = http_config(&args, None);
+        assert_eq!(
+            http.shutdown_timeout,
+            bgrun_http::HttpConfig::default().shutdown_timeout
+        );
+        let args_http = parse(&["--http-shutdown-secs", "30"]).unwrap();
+        assert_eq!(
+            http_config(&args_http, None).shutdown_timeout,
+            Duration::from_secs(30)
+        );
         let config = engine_config(&args).unwrap();
         assert_eq!(config.lease_ttl, Duration::from_secs(20));
         assert_eq!(config.lease_renew_every, Duration::from_secs(5));
@@ -454,6 +478,7 @@ mod tests {
             &["--lease-renew-secs", "0"],
             &["--lease-ttl-secs", "x"],
             &["--shutdown-grace-secs", "-1"],
+            &["--http-shutdown-secs", "3601"],
             &["--pg-schema", "9x"],
             &["--pg-schema", "a-b"],
             &["--pg-schema", ""],
