@@ -38,7 +38,6 @@ fn expiry(now_ms: i64, ttl: Duration) -> i64 {
     now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// `Store::create_run`.
 /// `Store::create_run`; with the new run's row id (`None`: an earlier run's, by its key).
 pub(crate) fn create(conn: &Connection, run: NewRun) -> StoreResult<(CreateOutcome, Option<i64>)> {
     insert_run(conn, run, None).map(|(outcome, seq)| (outcome.created, seq))
