@@ -183,6 +183,10 @@ pub trait Store: Send + Sync + 'static {
     async fn request_cancel(&self, run_id: &RunId, at: Timestamp) -> StoreResult<()>;
 
     /// Whether a cancel intent is recorded for `run_id`.
+    ///
+    /// The write that ends a run `CANCELLED` also drops the intents recorded for it (they have
+    /// done their work; otherwise every cancel would leave a row for good): `false` after it.
+    /// An intent recorded once the run has ended is kept as recorded.
     async fn cancel_requested(&self, run_id: &RunId) -> StoreResult<bool>;
 
     /// Takes or renews the lease on a run for `owner`, lasting `ttl` from now. Granted when the

@@ -761,7 +761,10 @@ impl Sql {
                  released AS (DELETE FROM {{s}}.leases AS l USING changed, t \
                  WHERE l.run_id = changed.run_id AND l.run_id = ANY($1::text[]) \
                  AND t.run_id = changed.run_id AND t.release \
-                 AND l.owner = t.fence) \
+                 AND l.owner = t.fence), \
+                 forgotten AS (DELETE FROM {{s}}.cancel_intents AS i \
+                 WHERE i.run_id = ANY($1::text[]) AND i.run_id IN \
+                 (SELECT run_id FROM changed WHERE status = 'CANCELLED')) \
                  SELECT * FROM changed"
             )),
             append: in_schema(&format!(

@@ -378,6 +378,13 @@ pub(crate) async fn transition_in(
         events::write(inner, tx, run_id, events, transition.at).await?;
         record.last_event_index = events.last().map(Event::index);
     }
+    if transition.to == RunStatus::Cancelled {
+        // Its work done (see `Store::cancel_requested`).
+        let forget = tx
+            .prepare_cached(&inner.sql("DELETE FROM {s}.cancel_intents WHERE run_id = $1"))
+            .await?;
+        tx.execute(&forget, &[&run_id.as_str()]).await?;
+    }
     Ok(TransitionOutcome::Applied(Box::new(record)))
 }
 

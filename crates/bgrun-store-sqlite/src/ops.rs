@@ -364,6 +364,9 @@ pub(crate) fn transition(
     })
     .map_err(sql("updating a run's status"))?;
     insert_events(conn, seq, events)?;
+    if transition.to == RunStatus::Cancelled {
+        forget_cancel_intent(conn, run_id)?;
+    }
     // The row as the UPDATE left it.
     run.status = transition.to;
     run.updated_at = transition.at;
@@ -380,6 +383,15 @@ pub(crate) fn transition(
         run.last_event_index = Some(last.index());
     }
     Ok((TransitionOutcome::Applied(Box::new(run)), Some(seq)))
+}
+
+/// Drops the run's cancel intent, in the write that ends it `CANCELLED` (see
+/// `Store::cancel_requested`).
+fn forget_cancel_intent(conn: &Connection, run_id: &RunId) -> StoreResult<()> {
+    conn.prepare_cached("DELETE FROM cancel_intents WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.execute([run_id.as_str()]))
+        .map_err(sql("dropping a cancel intent"))?;
+    Ok(())
 }
 
 /// `Store::request_cancel`: the first intent's time is kept.

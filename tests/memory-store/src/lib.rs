@@ -316,7 +316,12 @@ impl Store for MemoryStore {
         if transition.cancellation_stage.is_some() {
             record.cancellation_stage = transition.cancellation_stage;
         }
-        Ok(TransitionOutcome::Applied(Box::new(record.clone())))
+        let applied = TransitionOutcome::Applied(Box::new(record.clone()));
+        if transition.to == RunStatus::Cancelled {
+            // Its work done (see `Store::cancel_requested`).
+            state.cancel_intents.remove(run_id);
+        }
+        Ok(applied)
     }
 
     async fn read_events(

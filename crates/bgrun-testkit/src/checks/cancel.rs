@@ -21,7 +21,8 @@ async fn requested(store: &dyn Store, id: &RunId) -> CheckResult<bool> {
 /// A cancel intent recorded before its run exists is reported by the `create_run` of that id
 /// (`Created { cancel_requested: true }`), and by `cancel_requested`, before and after; it
 /// creates no run. Other runs report `false`. `request_cancel` is idempotent and works on
-/// pending, running and terminal runs without changing their status.
+/// pending, running and terminal runs without changing their status. The write that ends a
+/// run `CANCELLED` drops its intents.
 pub async fn cancel_intents(store: Arc<dyn Store>) -> CheckResult {
     let store = &*store;
     let early = run_id("run-early");
@@ -116,5 +117,32 @@ pub async fn cancel_intents(store: Arc<dyn Store>) -> CheckResult {
         &requested(store, &plain.run_id).await?,
         &false,
     )?;
+
+    // The write that ends a run CANCELLED drops its intents (an intent recorded once it had
+    // ended stays: run-done above).
+    for (id, stage) in [
+        ("run-cancel-pending", CancellationStage::Pending),
+        ("run-cancel-running", CancellationStage::Executing),
+    ] {
+        let new = new_run(id, "session-1", T0 + 4);
+        let run = match stage {
+            CancellationStage::Pending => create(store, new).await?,
+            CancellationStage::Executing => create_running(store, new).await?,
+        };
+        store
+            .request_cancel(&run.run_id, T0 + 20)
+            .await
+            .succeeds(format!("request_cancel({id})"))?;
+        let cancel = Transition {
+            cancellation_stage: Some(stage),
+            ..transition(run.status, RunStatus::Cancelled)
+        };
+        apply(store, &run.run_id, &cancel, &[]).await?;
+        expect_eq(
+            format!("cancel_requested({id}) once the run ended CANCELLED"),
+            &requested(store, &run.run_id).await?,
+            &false,
+        )?;
+    }
     Ok(())
 }
