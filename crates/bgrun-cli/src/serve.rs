@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT.
     #[arg(long, env = "BGRUN_BIND", default_value = "127.0.0.1:7777", value_parser = parse_bind)]
     bind: String,
-    /// Database: sqlite://<path> (relative, or absolute as sqlite:///abs/dir/bgrun.db) or
+    /// Database: sqlite://PATH (relative, or absolute as sqlite:///abs/dir/bgrun.db) or
     /// postgres://...
     #[arg(
         long,
